@@ -15,3 +15,4 @@
 #include "fleetdl/nn/optim.hpp"
 #include "fleetdl/nn/train.hpp"
 #include "fleetdl/nn/zoo.hpp"
+#include "fleetdl/nn/fold.hpp"
