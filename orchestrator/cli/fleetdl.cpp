@@ -1,0 +1,472 @@
+// fleetdl — the command-line front end over the fleetdl library.
+//
+//   fleetdl train --dataset fashion-mnist --model lenet5 --epochs E --batch 64
+//                 --optimizer adam --lr 0.001 --threads T --seed S
+//                 [--train-limit N] --out m.fdl [--json]
+//   fleetdl eval  m.fdl --dataset fashion-mnist --threads T [--json]
+//   fleetdl info  (m.fdl | --model NAME) [--recurse] [--json]
+//
+// Errors: one line "fleetdl <cmd>: <what>" on stderr, exit 2 for usage errors
+// and 1 for runtime failures; nothing is written unless the command succeeds.
+#include "fleetdl/core.hpp"
+#include "fleetdl/data.hpp"
+#include "fleetdl/io.hpp"
+#include "fleetdl/nn.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using fleetdl::Index;
+namespace nn = fleetdl::nn;
+namespace io = fleetdl::io;
+namespace data = fleetdl::data;
+
+constexpr const char* kUsage =
+    "usage: fleetdl <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train   train a model on a dataset and save it (.fdl)\n"
+    "  eval    evaluate a saved model: test accuracy and batch-1 latency\n"
+    "  info    per-node table of parameters, MACs and activation bytes\n"
+    "\n"
+    "train options:\n"
+    "  --dataset NAME        fashion-mnist (default)\n"
+    "  --data-dir DIR        dataset directory (default " FLEETDL_FASHION_MNIST_DIR ")\n"
+    "  --model NAME          lenet5 | cnn_niid | cnn1 | lenet300_100 (default lenet5)\n"
+    "  --epochs E            (default 1)\n"
+    "  --batch B             (default 64)\n"
+    "  --optimizer NAME      adam | adamw | sgd (default adam)\n"
+    "  --lr X                learning rate (default 0.001)\n"
+    "  --momentum X          SGD momentum (default 0.9)\n"
+    "  --nesterov            SGD Nesterov momentum\n"
+    "  --weight-decay X      (default 0)\n"
+    "  --schedule NAME       constant | step | cosine (default constant)\n"
+    "  --step-size N         epochs between step decays (default 10)\n"
+    "  --gamma X             step decay factor (default 0.1)\n"
+    "  --threads T           worker threads (default 1)\n"
+    "  --seed S              seed for init, order and dropout (default 1)\n"
+    "  --train-limit N       use the first N training images\n"
+    "  --test-limit N        use the first N test images\n"
+    "  --out FILE            where to save the trained model (required)\n"
+    "  --json                print one JSON object on stdout\n"
+    "  --no-progress         never draw the progress bar\n"
+    "\n"
+    "eval options: MODEL.fdl --dataset NAME --data-dir DIR --threads T --test-limit N\n"
+    "              --latency-runs N (default 200) --json\n"
+    "info options: (MODEL.fdl | --model NAME) --recurse --json\n";
+
+struct UsageError {
+  std::string msg;
+};
+
+/// Parsed command line: flags with values, boolean switches, positionals.
+class Args {
+ public:
+  Args(std::string cmd, int argc, char** argv, const std::set<std::string>& with_value,
+       const std::set<std::string>& switches)
+      : cmd_(std::move(cmd)) {
+    for (int i = 0; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) == 0) {
+        std::string v;
+        const auto eq = a.find('=');
+        bool inline_value = false;
+        if (eq != std::string::npos) {
+          v = a.substr(eq + 1);
+          a = a.substr(0, eq);
+          inline_value = true;
+        }
+        if (with_value.count(a)) {
+          if (!inline_value) {
+            if (i + 1 >= argc) throw UsageError{"flag '" + a + "' needs a value"};
+            v = argv[++i];
+          }
+          if (values_.count(a)) throw UsageError{"flag '" + a + "' given twice"};
+          values_[a] = v;
+        } else if (switches.count(a)) {
+          if (inline_value) throw UsageError{"flag '" + a + "' takes no value"};
+          switches_.insert(a);
+        } else {
+          throw UsageError{"unknown flag '" + a + "'"};
+        }
+      } else {
+        positional_.push_back(a);
+      }
+    }
+  }
+  bool has(const std::string& k) const { return values_.count(k) > 0 || switches_.count(k) > 0; }
+  std::string str(const std::string& k, const std::string& def) const {
+    auto it = values_.find(k);
+    return it == values_.end() ? def : it->second;
+  }
+  long long integer(const std::string& k, long long def, long long lo, long long hi) const {
+    auto it = values_.find(k);
+    if (it == values_.end()) return def;
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end != '\0' || errno != 0)
+      throw UsageError{"flag '" + k + "': '" + it->second + "' is not an integer"};
+    if (v < lo || v > hi)
+      throw UsageError{"flag '" + k + "': " + it->second + " is out of range [" + std::to_string(lo) + ", " +
+                       std::to_string(hi) + "]"};
+    return v;
+  }
+  double number(const std::string& k, double def, double lo, double hi) const {
+    auto it = values_.find(k);
+    if (it == values_.end()) return def;
+    char* end = nullptr;
+    const double v = std::strtod(it->second.c_str(), &end);
+    if (it->second.empty() || *end != '\0' || !std::isfinite(v))
+      throw UsageError{"flag '" + k + "': '" + it->second + "' is not a number"};
+    if (v < lo || v > hi) throw UsageError{"flag '" + k + "': " + it->second + " is out of range"};
+    return v;
+  }
+  const std::vector<std::string>& positional() const { return positional_; }
+
+ private:
+  std::string cmd_;
+  std::map<std::string, std::string> values_;
+  std::set<std::string> switches_;
+  std::vector<std::string> positional_;
+};
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\t': o += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char b[8];
+          std::snprintf(b, sizeof b, "\\u%04x", c);
+          o += b;
+        } else {
+          o += c;
+        }
+    }
+  }
+  return o;
+}
+
+std::string num(double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+
+/// Progress bar on stderr, drawn only on a terminal.
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : on_(enabled && isatty(STDERR_FILENO)) {}
+  void draw(const std::string& prefix, Index done, Index total, const std::string& suffix) {
+    if (!on_ || total <= 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (done != total && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    constexpr int width = 30;
+    const int fill = static_cast<int>(width * done / total);
+    std::fprintf(stderr, "\r%s [%.*s%*s] %3d%% %s\033[K", prefix.c_str(), fill,
+                 "==============================", width - fill, "", static_cast<int>(100 * done / total),
+                 suffix.c_str());
+    if (done == total) std::fputc('\n', stderr);
+    std::fflush(stderr);
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+int fail(const std::string& cmd, const std::string& msg, int code = 1) {
+  std::fprintf(stderr, "fleetdl %s: %s\n", cmd.c_str(), msg.c_str());
+  return code;
+}
+
+struct DatasetChoice {
+  std::string dir;
+};
+
+DatasetChoice dataset_option(const Args& a) {
+  const std::string name = a.str("--dataset", "fashion-mnist");
+  if (name != "fashion-mnist") throw UsageError{"flag '--dataset': unknown dataset '" + name + "' (known: fashion-mnist)"};
+  return {a.str("--data-dir", FLEETDL_FASHION_MNIST_DIR)};
+}
+
+int cmd_train(int argc, char** argv) {
+  const std::string cmd = "train";
+  Args a(cmd, argc, argv,
+         {"--dataset", "--data-dir", "--model", "--epochs", "--batch", "--optimizer", "--lr", "--momentum",
+          "--weight-decay", "--schedule", "--step-size", "--gamma", "--threads", "--seed", "--train-limit",
+          "--test-limit", "--out"},
+         {"--json", "--no-progress", "--nesterov"});
+  if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
+  const auto ds = dataset_option(a);
+  const std::string model_name = a.str("--model", "lenet5");
+  const int epochs = static_cast<int>(a.integer("--epochs", 1, 1, 100000));
+  const Index batch = a.integer("--batch", 64, 1, 1 << 20);
+  const std::string optimizer = a.str("--optimizer", "adam");
+  const double lr = a.number("--lr", 1e-3, 0.0, 1e6);
+  const double momentum = a.number("--momentum", 0.9, 0.0, 1.0);
+  const double wd = a.number("--weight-decay", 0.0, 0.0, 1e6);
+  const std::string schedule = a.str("--schedule", "constant");
+  const long step_size = static_cast<long>(a.integer("--step-size", 10, 1, 1 << 30));
+  const double gamma = a.number("--gamma", 0.1, 0.0, 1.0);
+  const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
+  const auto seed = static_cast<std::uint64_t>(a.integer("--seed", 1, 0, (1LL << 62)));
+  const Index train_limit = a.integer("--train-limit", -1, 1, 1LL << 40);
+  const Index test_limit = a.integer("--test-limit", -1, 1, 1LL << 40);
+  const bool json = a.has("--json");
+  if (!a.has("--out")) throw UsageError{"flag '--out' is required (where to save the model)"};
+  const std::string out = a.str("--out", "");
+  if (optimizer != "adam" && optimizer != "adamw" && optimizer != "sgd")
+    throw UsageError{"flag '--optimizer': unknown optimizer '" + optimizer + "' (known: adam, adamw, sgd)"};
+  if (schedule != "constant" && schedule != "step" && schedule != "cosine")
+    throw UsageError{"flag '--schedule': unknown schedule '" + schedule + "' (known: constant, step, cosine)"};
+  bool known_model = false;
+  for (auto n : nn::model_names) known_model = known_model || n == model_name;
+  if (!known_model) throw UsageError{"flag '--model': unknown model '" + model_name + "' (known: lenet5, cnn_niid, cnn1, lenet300_100)"};
+  {
+    // Fail before training, not after, if the output cannot be written.
+    const auto parent = std::filesystem::path(out).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+      return fail(cmd, out + ": directory '" + parent.string() + "' does not exist");
+    if (std::filesystem::is_directory(out, ec)) return fail(cmd, out + ": is a directory");
+  }
+
+  auto train = data::load_fashion_mnist<float>(ds.dir, true, train_limit);
+  if (!train) return fail(cmd, train.error().message);
+  auto test = data::load_fashion_mnist<float>(ds.dir, false, test_limit);
+  if (!test) return fail(cmd, test.error().message);
+
+  auto model = nn::make_model<float>(model_name, train->shape, train->classes);
+  if (!model) return fail(cmd, model.error().message);
+  model->init(seed);
+
+  std::unique_ptr<nn::Optimizer<float>> opt;
+  if (optimizer == "sgd") {
+    nn::SgdOptions o;
+    o.lr = lr;
+    o.momentum = momentum;
+    o.weight_decay = wd;
+    o.nesterov = a.has("--nesterov");
+    opt = std::make_unique<nn::Sgd<float>>(o);
+  } else {
+    nn::AdamOptions o;
+    o.lr = lr;
+    o.weight_decay = wd;
+    o.decoupled = optimizer == "adamw";
+    opt = std::make_unique<nn::Adam<float>>(o);
+  }
+  nn::TrainOptions to;
+  to.epochs = epochs;
+  to.batch = batch;
+  to.seed = seed;
+  if (schedule == "step") to.schedule = nn::LrSchedule::step_lr(step_size, gamma);
+  if (schedule == "cosine") to.schedule = nn::LrSchedule::cosine(epochs);
+
+  fleetdl::ThreadPool pool(threads);
+  ProgressBar bar(!a.has("--no-progress"));
+  nn::TrainCallbacks cb;
+  cb.on_batch = [&](const nn::TrainProgress& p) {
+    bar.draw("epoch " + std::to_string(p.epoch + 1) + "/" + std::to_string(p.epochs), p.batch, p.batches,
+             "loss " + num(p.loss));
+  };
+  std::vector<nn::EpochReport> epochs_done;
+  cb.on_epoch = [&](const nn::EpochReport& e) {
+    epochs_done.push_back(e);
+    if (!json) {
+      std::fprintf(stderr, "epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s\n", e.epoch + 1, epochs, e.loss,
+                   e.train_accuracy, e.seconds);
+    }
+  };
+  const auto rep = nn::train_classifier(*model, *opt, train->images, train->labels, to, &pool, cb);
+  const auto ev = nn::evaluate(*model, test->images, test->labels, 256, &pool);
+
+  io::Metadata meta = {{"model", model_name},
+                       {"dataset", "fashion-mnist"},
+                       {"epochs", std::to_string(epochs)},
+                       {"seed", std::to_string(seed)},
+                       {"test_accuracy", num(ev.accuracy)}};
+  auto saved = io::save_model(out, *model, meta);
+  if (!saved) return fail(cmd, saved.error().message);
+
+  if (json) {
+    std::ostringstream o;
+    o << "{\"command\":\"train\",\"model\":\"" << json_escape(model_name) << "\",\"dataset\":\"fashion-mnist\""
+      << ",\"epochs\":" << epochs << ",\"batch\":" << batch << ",\"optimizer\":\"" << optimizer << "\""
+      << ",\"lr\":" << num(lr) << ",\"threads\":" << threads << ",\"seed\":" << seed
+      << ",\"train_images\":" << train->images.cols() << ",\"test_images\":" << test->images.cols()
+      << ",\"params\":" << model->param_count() << ",\"test_accuracy\":" << num(ev.accuracy)
+      << ",\"test_loss\":" << num(ev.loss) << ",\"train_seconds\":" << num(rep.seconds)
+      << ",\"train_images_per_second\":" << num(rep.images_per_second) << ",\"epoch_log\":[";
+    for (std::size_t i = 0; i < rep.epochs.size(); ++i) {
+      const auto& e = rep.epochs[i];
+      o << (i ? "," : "") << "{\"epoch\":" << e.epoch + 1 << ",\"loss\":" << num(e.loss)
+        << ",\"train_accuracy\":" << num(e.train_accuracy) << ",\"seconds\":" << num(e.seconds) << "}";
+    }
+    o << "],\"out\":\"" << json_escape(out) << "\"}";
+    std::printf("%s\n", o.str().c_str());
+  } else {
+    std::printf("test accuracy: %.4f (%lld images)\n", ev.accuracy, static_cast<long long>(ev.samples));
+    std::printf("train: %.1f s, %.0f images/s, %lld params, saved to %s\n", rep.seconds, rep.images_per_second,
+                static_cast<long long>(model->param_count()), out.c_str());
+  }
+  return 0;
+}
+
+int cmd_eval(int argc, char** argv) {
+  const std::string cmd = "eval";
+  Args a(cmd, argc, argv, {"--dataset", "--data-dir", "--threads", "--test-limit", "--latency-runs"}, {"--json"});
+  if (a.positional().size() != 1) throw UsageError{"expects exactly one model file (fleetdl eval MODEL.fdl ...)"};
+  const std::string path = a.positional()[0];
+  const auto ds = dataset_option(a);
+  const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
+  const Index test_limit = a.integer("--test-limit", -1, 1, 1LL << 40);
+  const int runs = static_cast<int>(a.integer("--latency-runs", 200, 1, 1000000));
+  const bool json = a.has("--json");
+
+  auto file = io::load_model<float>(path);
+  if (!file) return fail(cmd, file.error().message);
+  auto& model = file->model;
+  auto test = data::load_fashion_mnist<float>(ds.dir, false, test_limit);
+  if (!test) return fail(cmd, test.error().message);
+  if (model.input_shape() != test->shape)
+    return fail(cmd, path + ": model input " + model.input_shape().str() + " does not match the dataset's " +
+                         test->shape.str());
+  if (model.output_shape().size() != test->classes)
+    return fail(cmd, path + ": model has " + std::to_string(model.output_shape().size()) + " outputs, dataset has " +
+                         std::to_string(test->classes) + " classes");
+  fleetdl::ThreadPool pool(threads);
+  const auto ev = nn::evaluate(model, test->images, test->labels, 256, &pool);
+
+  // Batch-1 latency: mean over `runs` single-image forward passes (after a
+  // warm-up), cycling through test images, on the given threads.
+  nn::ExecContext<float> ctx{&pool, false, nullptr};
+  fleetdl::Matrix<float> x1(test->images.rows(), 1);
+  for (int i = 0; i < 20; ++i) {
+    x1 = test->images.col(i % test->images.cols());
+    model.forward(x1, ctx);
+  }
+  double total_ms = 0;
+  for (int i = 0; i < runs; ++i) {
+    x1 = test->images.col(i % test->images.cols());
+    const auto t0 = std::chrono::steady_clock::now();
+    model.forward(x1, ctx);
+    total_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  const double latency = total_ms / runs;
+  if (json) {
+    std::printf("{\"command\":\"eval\",\"model\":\"%s\",\"params\":%lld,\"test_images\":%lld,\"test_accuracy\":%s,"
+                "\"test_loss\":%s,\"latency_b1_ms\":%s,\"latency_runs\":%d,\"threads\":%d}\n",
+                json_escape(path).c_str(), static_cast<long long>(model.param_count()),
+                static_cast<long long>(ev.samples), num(ev.accuracy).c_str(), num(ev.loss).c_str(),
+                num(latency).c_str(), runs, threads);
+  } else {
+    std::printf("test accuracy: %.4f (%lld images)\nbatch-1 latency: %.4f ms (mean of %d)\n", ev.accuracy,
+                static_cast<long long>(ev.samples), latency, runs);
+  }
+  return 0;
+}
+
+int cmd_info(int argc, char** argv) {
+  const std::string cmd = "info";
+  Args a(cmd, argc, argv, {"--model"}, {"--json", "--recurse"});
+  const bool json = a.has("--json");
+  nn::Model<float> model;
+  std::string source;
+  io::Metadata meta;
+  if (a.has("--model")) {
+    if (!a.positional().empty()) throw UsageError{"give either a model file or --model, not both"};
+    source = a.str("--model", "");
+    auto m = nn::make_model<float>(source);
+    if (!m) throw UsageError{"flag '--model': " + m.error().message};
+    model = std::move(*m);
+  } else {
+    if (a.positional().size() != 1) throw UsageError{"expects one model file or --model NAME"};
+    source = a.positional()[0];
+    auto f = io::load_model<float>(source);
+    if (!f) return fail(cmd, f.error().message);
+    model = std::move(f->model);
+    meta = std::move(f->metadata);
+  }
+  const auto rows = model.cost_report(a.has("--recurse"));
+  Index tp = 0, tb = 0, tm = 0, peak = 0;
+  for (const auto& r : rows) {
+    tp += r.params;
+    tb += r.weight_bytes;
+    tm += r.macs;
+    peak = std::max(peak, r.act_in_bytes + r.act_out_bytes);
+  }
+  if (json) {
+    std::ostringstream o;
+    o << "{\"command\":\"info\",\"source\":\"" << json_escape(source) << "\",\"input\":\"" << model.input_shape().str()
+      << "\",\"output\":\"" << model.output_shape().str() << "\",\"params\":" << tp << ",\"weight_bytes\":" << tb
+      << ",\"macs\":" << tm << ",\"peak_activation_bytes\":" << peak << ",\"metadata\":{";
+    for (std::size_t i = 0; i < meta.size(); ++i)
+      o << (i ? "," : "") << "\"" << json_escape(meta[i].first) << "\":\"" << json_escape(meta[i].second) << "\"";
+    o << "},\"nodes\":[";
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto& r = rows[i];
+      o << (i ? "," : "") << "{\"name\":\"" << json_escape(r.name) << "\",\"type\":\"" << r.type << "\",\"in\":\""
+        << r.in.str() << "\",\"out\":\"" << r.out.str() << "\",\"params\":" << r.params
+        << ",\"weight_bytes\":" << r.weight_bytes << ",\"macs\":" << r.macs << ",\"act_in_bytes\":" << r.act_in_bytes
+        << ",\"act_out_bytes\":" << r.act_out_bytes << "}";
+    }
+    o << "]}";
+    std::printf("%s\n", o.str().c_str());
+    return 0;
+  }
+  std::printf("%s: input %s, output %s\n", source.c_str(), model.input_shape().str().c_str(),
+              model.output_shape().str().c_str());
+  for (const auto& [k, v] : meta) std::printf("  %s = %s\n", k.c_str(), v.c_str());
+  std::printf("%-12s %-16s %-12s %10s %12s %12s %12s %12s\n", "node", "type", "out", "params", "weight B", "MACs",
+              "act in B", "act out B");
+  for (const auto& r : rows)
+    std::printf("%-12s %-16s %-12s %10lld %12lld %12lld %12lld %12lld\n", r.name.c_str(), r.type.c_str(),
+                r.out.str().c_str(), static_cast<long long>(r.params), static_cast<long long>(r.weight_bytes),
+                static_cast<long long>(r.macs), static_cast<long long>(r.act_in_bytes),
+                static_cast<long long>(r.act_out_bytes));
+  std::printf("%-12s %-16s %-12s %10lld %12lld %12lld   peak activations %lld B\n", "total", "", "",
+              static_cast<long long>(tp), static_cast<long long>(tb), static_cast<long long>(tm),
+              static_cast<long long>(peak));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  try {
+    if (cmd == "train") return cmd_train(argc - 2, argv + 2);
+    if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
+    if (cmd == "info") return cmd_info(argc - 2, argv + 2);
+  } catch (const UsageError& e) {
+    return fail(cmd, e.msg + " (see fleetdl --help)", 2);
+  }
+  std::fprintf(stderr, "fleetdl: unknown command '%s' (see fleetdl --help)\n", cmd.c_str());
+  return 2;
+}
