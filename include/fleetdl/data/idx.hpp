@@ -191,9 +191,14 @@ inline Result<IdxHeader> parse_idx_header(std::span<const std::uint8_t> head, st
     return idx_error(Errc::limit_exceeded, name,
                      "dims " + h.dims_str() + " overflow a 64-bit element count");
   // header + payload <= max_bytes, written so that neither side overflows.
-  if (product > limits.max_bytes || h.header_bytes > limits.max_bytes - product)
+  if (product > limits.max_bytes)
     return idx_error(Errc::limit_exceeded, name,
                      "dims " + h.dims_str() + " need " + std::to_string(product) + " payload bytes, above the limit " +
+                         std::to_string(limits.max_bytes) + " (FLEETDL_MAX_IDX_BYTES)");
+  if (h.header_bytes > limits.max_bytes - product)
+    return idx_error(Errc::limit_exceeded, name,
+                     "dims " + h.dims_str() + " make a " + std::to_string(product + h.header_bytes) + "-byte file (" +
+                         std::to_string(h.header_bytes) + "-byte header), above the limit " +
                          std::to_string(limits.max_bytes) + " (FLEETDL_MAX_IDX_BYTES)");
   if (product > static_cast<std::uint64_t>(PTRDIFF_MAX) || product > static_cast<std::uint64_t>(SIZE_MAX))
     return idx_error(Errc::limit_exceeded, name,
@@ -324,6 +329,15 @@ inline Result<IdxArray> parse_idx_gzip(std::span<const std::uint8_t> bytes, std:
   auto hdr = parse_idx_header(std::span<const std::uint8_t>(head, *got), name, limits);
   if (!hdr) return std::move(hdr).error();
   const IdxHeader& h = *hdr;
+  // Deflate expands at most 1032:1 (a 258-byte match in 2 bits; zlib FAQ),
+  // so a header announcing more than the compressed bytes can hold belongs
+  // to a truncated file: say so before allocating for it.
+  const std::uint64_t can_hold = static_cast<std::uint64_t>(bytes.size()) * 1032 + 4096;
+  if (static_cast<std::uint64_t>(h.header_bytes) + h.payload_bytes > can_hold)
+    return idx_error(Errc::truncated, name,
+                     "payload is truncated: dims " + h.dims_str() + " need " + std::to_string(h.payload_bytes) +
+                         " bytes after the header, more than a " + std::to_string(bytes.size()) +
+                         "-byte gzip file can hold (deflate expands at most 1032:1)");
   // 2. Payload: exactly what the validated header announces.
   const std::size_t early = *got - h.header_bytes;  // payload bytes already inflated with the header
   if (early > h.payload_bytes) return payload_trailing(name, h, early - h.payload_bytes, false);
@@ -390,30 +404,38 @@ inline Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path
     ~Closer() { std::fclose(f); }
   } closer{f};
   std::vector<std::uint8_t> buf;
-  // Pre-size from the file length when it is known (a regular file).
-  if (std::fseek(f, 0, SEEK_END) == 0) {
-    const long len = std::ftell(f);
-    if (len > 0 && static_cast<std::uint64_t>(len) > max_bytes)
-      return make_error(Errc::limit_exceeded, path + ": file is " + std::to_string(len) +
-                                                  " bytes, above the limit " + std::to_string(max_bytes));
-    if (len > 0) buf.reserve(static_cast<std::size_t>(len));
-    std::rewind(f);
-  }
   std::uint8_t chunk[65536];
-  for (;;) {
+  for (bool first = true;; first = false) {
     const std::size_t n = std::fread(chunk, 1, sizeof chunk, f);
     if (n > 0) {
-      if (buf.size() + n > max_bytes)
+      if (n > max_bytes - std::min<std::uint64_t>(buf.size(), max_bytes))
         return make_error(Errc::limit_exceeded,
                           path + ": file is larger than the limit " + std::to_string(max_bytes) + " bytes");
       buf.insert(buf.end(), chunk, chunk + n);
     }
     if (n < sizeof chunk) {
-      if (std::ferror(f)) {
+      if (std::ferror(f)) {  // e.g. EISDIR for a directory
         const int e = errno;
         return make_error(Errc::io_error, path + ": read failed (" + std::strerror(e) + ")");
       }
       break;
+    }
+    if (first) {
+      // A large file: reject it by its length before reading it all, and
+      // reserve once. (Only after a successful read: ftell is meaningless
+      // for a directory.)
+      const long here = std::ftell(f);
+      if (here >= 0 && std::fseek(f, 0, SEEK_END) == 0) {
+        const long len = std::ftell(f);
+        if (len > 0 && static_cast<std::uint64_t>(len) > max_bytes)
+          return make_error(Errc::limit_exceeded, path + ": file is " + std::to_string(len) +
+                                                      " bytes, above the limit " + std::to_string(max_bytes));
+        if (len > 0) buf.reserve(static_cast<std::size_t>(len));
+        if (std::fseek(f, here, SEEK_SET) != 0) {
+          const int e = errno;
+          return make_error(Errc::io_error, path + ": seek failed (" + std::strerror(e) + ")");
+        }
+      }
     }
   }
   return buf;
