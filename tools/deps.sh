@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# tools/deps.sh — make sure the Debian packages fleetdl builds and runs with are
+# installed. Everything comes from Debian (apt); nothing is downloaded from
+# anywhere else, and Meson never fetches wraps (--wrap-mode=nodownload).
+#
+#   tools/deps.sh          check; as root, install what is missing
+#   FLEETDL_SKIP_DEPS=1    skip the check (e.g. a non-Debian system you set up yourself)
+#
+# Exit 0 when everything is present (or was installed), 1 otherwise.
+set -euo pipefail
+
+packages=(
+  build-essential        # g++, make, libc headers
+  g++
+  meson
+  ninja-build
+  pkg-config
+  python3                # configure/build helper scripts
+  libeigen3-dev          # the library's only numeric dependency
+  zlib1g-dev             # gzip-compressed IDX datasets
+  catch2                 # unit tests (Catch2 2.13)
+  libsqlite3-dev         # the orchestrator's record (planned parts)
+  libasio-dev            # device <-> orchestrator transport (planned parts)
+  cmake                  # CMake consumer test of the installed package
+  dataset-fashion-mnist  # the main job's data set (/usr/share/datasets/fashion-mnist)
+)
+
+if [ "${FLEETDL_SKIP_DEPS:-0}" = 1 ]; then
+  exit 0
+fi
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "deps: not a Debian system (no dpkg-query); make sure these are installed:" >&2
+  echo "  ${packages[*]}" >&2
+  exit 0
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "deps: missing Debian packages: ${missing[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+else
+  echo "deps: run this, then try again:" >&2
+  echo "  sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
