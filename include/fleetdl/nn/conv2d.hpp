@@ -99,6 +99,20 @@ class Conv2D final : public Node<S> {
     y.resize(this->out_.size(), n);
     ensure_scratch(ctx.chunks(n));
     ConstMatrixMap<S> wt(w_, kdim(), o_.out_channels);
+    if (n < ctx.threads() && o_.groups == 1 && o_.out_channels >= 2 * ctx.threads()) {
+      // Too few samples to keep every thread busy (batch-1 inference): build
+      // the patch matrix once, then split the GEMM over output channels.
+      for (Index s = 0; s < n; ++s) {
+        MatrixMap<S> ys(y.col(s).data(), this->out_.spatial(), o_.out_channels);
+        const S* pd = patches(x.col(s).data(), scratch_[0].patches);
+        ConstMatrixMap<S> pm(pd, this->out_.spatial(), kdim());
+        ctx.for_range(o_.out_channels, [&](Index b, Index e, int) {
+          ys.middleCols(b, e - b).noalias() = pm * wt.middleCols(b, e - b);
+          if (o_.bias) ys.middleCols(b, e - b).rowwise() += ConstVectorMap<S>(bias() + b, e - b).transpose();
+        });
+      }
+      return;
+    }
     ctx.for_range(n, [&](Index b, Index e, int c) {
       Matrix<S>& p = scratch_[static_cast<std::size_t>(c)].patches;
       for (Index s = b; s < e; ++s) {

@@ -71,6 +71,14 @@ class Dense final : public Node<S> {
     const Index n = x.cols();
     y.resize(out_features_, n);
     ConstMatrixMap<S> wt(w_, in_features_, out_features_);
+    if (n < ctx.threads() && out_features_ >= 8 * ctx.threads()) {
+      // Small batch (batch-1 inference): split the output features instead.
+      ctx.for_range(out_features_, [&](Index b, Index e, int) {
+        y.middleRows(b, e - b).noalias() = wt.middleCols(b, e - b).transpose() * x;
+        if (has_bias_) y.middleRows(b, e - b).colwise() += ConstVectorMap<S>(bias() + b, e - b);
+      });
+      return;
+    }
     ctx.for_range(n, [&](Index b, Index e, int) {
       y.middleCols(b, e - b).noalias() = wt.transpose() * x.middleCols(b, e - b);
       if (has_bias_) y.middleCols(b, e - b).colwise() += ConstVectorMap<S>(bias(), out_features_);

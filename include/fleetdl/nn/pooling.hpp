@@ -54,6 +54,10 @@ class MaxPool2D final : public Node<S> {
     y.resize(osz, n);
     if (ctx.training) argmax_.resize(static_cast<std::size_t>(osz * n));
     const Index h = this->in_.h, w = this->in_.w, ho = this->out_.h, wo = this->out_.w;
+    if (k_ == 2 && s_ == 2 && p_ == 0) {
+      forward_2x2(x, y, ctx);
+      return;
+    }
     ctx.for_range(n, [&](Index b, Index e, int) {
       for (Index s = b; s < e; ++s) {
         const S* xs = x.col(s).data();
@@ -108,6 +112,39 @@ class MaxPool2D final : public Node<S> {
     w.u32(static_cast<std::uint32_t>(k_));
     w.u32(static_cast<std::uint32_t>(s_));
     w.u32(static_cast<std::uint32_t>(p_));
+  }
+
+ private:
+  /// The common 2x2 / stride 2 / no padding case without bounds checks.
+  /// Same tie rule as the general path: the first maximum in scan order.
+  void forward_2x2(const Matrix<S>& x, Matrix<S>& y, ExecContext<S>& ctx) {
+    const Index n = x.cols(), osz = this->out_.size();
+    const Index h = this->in_.h, w = this->in_.w, ho = this->out_.h, wo = this->out_.w;
+    ctx.for_range(n, [&](Index b, Index e, int) {
+      for (Index s = b; s < e; ++s) {
+        const S* xs = x.col(s).data();
+        S* ys = y.col(s).data();
+        std::int32_t* am = ctx.training ? argmax_.data() + s * osz : nullptr;
+        for (Index c = 0; c < this->in_.c; ++c) {
+          const S* xc = xs + c * h * w;
+          for (Index oy = 0; oy < ho; ++oy) {
+            const S* r0 = xc + (2 * oy) * w;
+            const S* r1 = r0 + w;
+            S* yr = ys + (c * ho + oy) * wo;
+            for (Index ox = 0; ox < wo; ++ox) {
+              const Index i0 = 2 * ox;
+              S best = r0[i0];
+              Index bi = (2 * oy) * w + i0;
+              if (r0[i0 + 1] > best) { best = r0[i0 + 1]; bi = (2 * oy) * w + i0 + 1; }
+              if (r1[i0] > best) { best = r1[i0]; bi = (2 * oy + 1) * w + i0; }
+              if (r1[i0 + 1] > best) { best = r1[i0 + 1]; bi = (2 * oy + 1) * w + i0 + 1; }
+              yr[ox] = best;
+              if (am) am[(c * ho + oy) * wo + ox] = static_cast<std::int32_t>(c * h * w + bi);
+            }
+          }
+        }
+      }
+    });
   }
 
  protected:
