@@ -15,6 +15,6 @@ werror=false
 
 ./tools/deps.sh
 ./tools/meson-setup.sh build-test --buildtype=debugoptimized \
-  -Dtests=true -Dbenchmarks=false -Dwerror="$werror"
+  -Dtests=true -Dexamples=true -Dbenchmarks=false -Dwerror="$werror"
 meson compile -C build-test -j2
 meson test -C build-test --print-errorlogs --num-processes 2 "$@"
