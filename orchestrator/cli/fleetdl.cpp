@@ -15,9 +15,12 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -169,6 +172,10 @@ std::string num(double v) {
   return b;
 }
 
+/// A number for JSON output. JSON has no NaN or infinity (a diverged run has a
+/// NaN loss), so those are written as null.
+std::string json_num(double v) { return std::isfinite(v) ? num(v) : "null"; }
+
 /// Progress bar on stderr, drawn only on a terminal.
 class ProgressBar {
  public:
@@ -310,15 +317,15 @@ int cmd_train(int argc, char** argv) {
     std::ostringstream o;
     o << "{\"command\":\"train\",\"model\":\"" << json_escape(model_name) << "\",\"dataset\":\"fashion-mnist\""
       << ",\"epochs\":" << epochs << ",\"batch\":" << batch << ",\"optimizer\":\"" << optimizer << "\""
-      << ",\"lr\":" << num(lr) << ",\"threads\":" << threads << ",\"seed\":" << seed
+      << ",\"lr\":" << json_num(lr) << ",\"threads\":" << threads << ",\"seed\":" << seed
       << ",\"train_images\":" << train->images.cols() << ",\"test_images\":" << test->images.cols()
-      << ",\"params\":" << model->param_count() << ",\"test_accuracy\":" << num(ev.accuracy)
-      << ",\"test_loss\":" << num(ev.loss) << ",\"train_seconds\":" << num(rep.seconds)
-      << ",\"train_images_per_second\":" << num(rep.images_per_second) << ",\"epoch_log\":[";
+      << ",\"params\":" << model->param_count() << ",\"test_accuracy\":" << json_num(ev.accuracy)
+      << ",\"test_loss\":" << json_num(ev.loss) << ",\"train_seconds\":" << json_num(rep.seconds)
+      << ",\"train_images_per_second\":" << json_num(rep.images_per_second) << ",\"epoch_log\":[";
     for (std::size_t i = 0; i < rep.epochs.size(); ++i) {
       const auto& e = rep.epochs[i];
-      o << (i ? "," : "") << "{\"epoch\":" << e.epoch + 1 << ",\"loss\":" << num(e.loss)
-        << ",\"train_accuracy\":" << num(e.train_accuracy) << ",\"seconds\":" << num(e.seconds) << "}";
+      o << (i ? "," : "") << "{\"epoch\":" << e.epoch + 1 << ",\"loss\":" << json_num(e.loss)
+        << ",\"train_accuracy\":" << json_num(e.train_accuracy) << ",\"seconds\":" << json_num(e.seconds) << "}";
     }
     o << "],\"out\":\"" << json_escape(out) << "\"}";
     std::printf("%s\n", o.str().c_str());
@@ -375,8 +382,8 @@ int cmd_eval(int argc, char** argv) {
     std::printf("{\"command\":\"eval\",\"model\":\"%s\",\"params\":%lld,\"test_images\":%lld,\"test_accuracy\":%s,"
                 "\"test_loss\":%s,\"latency_b1_ms\":%s,\"latency_runs\":%d,\"threads\":%d}\n",
                 json_escape(path).c_str(), static_cast<long long>(model.param_count()),
-                static_cast<long long>(ev.samples), num(ev.accuracy).c_str(), num(ev.loss).c_str(),
-                num(latency).c_str(), runs, threads);
+                static_cast<long long>(ev.samples), json_num(ev.accuracy).c_str(), json_num(ev.loss).c_str(),
+                json_num(latency).c_str(), runs, threads);
   } else {
     std::printf("test accuracy: %.4f (%lld images)\nbatch-1 latency: %.4f ms (mean of %d)\n", ev.accuracy,
                 static_cast<long long>(ev.samples), latency, runs);
@@ -448,6 +455,17 @@ int cmd_info(int argc, char** argv) {
   return 0;
 }
 
+/// Flush stdout and turn a write error (full disk, closed file) into a failure,
+/// so that output that never arrived does not pass as success.
+int finish(const std::string& cmd, int rc) {
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    const int e = errno;
+    if (rc == 0) return fail(cmd, std::string("cannot write to standard output (") + std::strerror(e ? e : EIO) + ")");
+  }
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -458,12 +476,12 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::fputs(kUsage, stdout);
-    return 0;
+    return finish(cmd, 0);
   }
   try {
-    if (cmd == "train") return cmd_train(argc - 2, argv + 2);
-    if (cmd == "eval") return cmd_eval(argc - 2, argv + 2);
-    if (cmd == "info") return cmd_info(argc - 2, argv + 2);
+    if (cmd == "train") return finish(cmd, cmd_train(argc - 2, argv + 2));
+    if (cmd == "eval") return finish(cmd, cmd_eval(argc - 2, argv + 2));
+    if (cmd == "info") return finish(cmd, cmd_info(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     return fail(cmd, e.msg + " (see fleetdl --help)", 2);
   }

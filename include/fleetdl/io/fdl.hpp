@@ -281,7 +281,7 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
                                       std::to_string(fdl_version));
   if (flags != 0) return err(Errc::unsupported, "unknown header flags 0x" + std::to_string(flags));
   if (length > size)
-    return err(Errc::truncated, "header says " + std::to_string(length) + " bytes, file has " + std::to_string(size));
+    return err(Errc::truncated, "file is truncated: header says " + std::to_string(length) + " bytes, file has " + std::to_string(size));
   if (length < size)
     return err(Errc::corrupt, "header says " + std::to_string(length) + " bytes, file has " + std::to_string(size) +
                                   " (trailing bytes)");
