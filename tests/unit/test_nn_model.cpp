@@ -576,7 +576,7 @@ TEST_CASE("model: cost_report rows of composites", "[nn][model][cost]") {
   CHECK(p == m->param_count());
 }
 
-TEST_CASE("model: recursive cost_report names leaves by their tensor paths", "[nn][model][cost][bug]") {
+TEST_CASE("model: recursive cost_report names leaves by their tensor paths", "[nn][model][cost]") {
   // Node::costs documents names like "3" or "3.body.0"; tensors() of the same
   // layers are "3.weight" and "3.body.0.weight". The leaf rows must use the
   // same path without a trailing dot.
@@ -598,7 +598,7 @@ TEST_CASE("model: recursive cost_report names leaves by their tensor paths", "[n
 }
 
 TEST_CASE("model: cost_report(false) has one row per top-level node, nested Sequential included",
-          "[nn][model][cost][bug]") {
+          "[nn][model][cost]") {
   auto m = nn::Model<double>::create(
       Shape{1, 5, 5},
       nodes<double>(conv<double>(1, 2, 3, 1, 1),

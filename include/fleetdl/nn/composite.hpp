@@ -105,10 +105,15 @@ class Sequential final : public Node<S> {
   void costs(const std::string& path, std::vector<NodeCost>& out, bool recurse) const override {
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
       const std::string p = path + std::to_string(i);
+      const Node<S>& n = *nodes_[i];
+      const bool composite =
+          n.kind() == NodeKind::sequential || n.kind() == NodeKind::residual || n.kind() == NodeKind::concat;
       if (recurse)
-        nodes_[i]->costs(p + ".", out, true);
+        n.costs(composite ? p + "." : p, out, true);  // composites append their children's names
+      else if (n.kind() == NodeKind::sequential)
+        out.push_back(static_cast<const Sequential&>(n).total_cost(p));  // one row per child
       else
-        nodes_[i]->costs(p, out, false);
+        n.costs(p, out, false);
     }
   }
   /// Cost of the whole chain as one row.

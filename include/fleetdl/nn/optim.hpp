@@ -146,7 +146,8 @@ struct LrSchedule {
     return s;
   }
   /// torch StepLR: base * gamma^(floor(e/step)); CosineAnnealingLR (closed form):
-  /// eta_min + (base - eta_min) * (1 + cos(pi * e / t_max)) / 2.
+  /// eta_min + (base - eta_min) * (1 + cos(pi * e / t_max)) / 2 for e <= t_max;
+  /// unlike torch, the rate then stays at eta_min instead of rising again.
   double at(double base, long epoch) const {
     switch (kind) {
       case Kind::step: return base * std::pow(gamma, static_cast<double>(epoch / (step_size > 0 ? step_size : 1)));
