@@ -1,6 +1,7 @@
 // fleetdl/fl/robust.hpp — Byzantine-robust aggregation rules, as free
 // functions over a round's updates (returning the aggregate) and as
-// Strategy classes with Flower's uniform configure():
+// Strategy classes with Flower's FedAvg configure_fit (FedAvgOptions,
+// fedavg.hpp; at least min_updates() clients are sampled):
 //
 //   coordinate_median / FedMedian     coordinate-wise median (Yin et al., "Byzantine-
 //                                     robust distributed learning: towards optimal
@@ -64,6 +65,7 @@
 #include "fleetdl/core/error.hpp"
 #include "fleetdl/core/rng.hpp"
 #include "fleetdl/core/tensor.hpp"
+#include "fleetdl/fl/fedavg.hpp"
 #include "fleetdl/fl/strategy.hpp"
 
 #include <algorithm>
@@ -366,29 +368,25 @@ Result<Vector<S>> bulyan(std::span<const ClientUpdate<S>> updates, Index f, std:
 // ---------------------------------------------------------------------------
 // Strategies
 
-/// Flower-style client sampling shared by the robust strategies.
-struct RobustSampling {
-  double fraction = 1.0;  ///< fraction of available clients per round (fraction_fit)
-  Index min_clients = 2;  ///< at least this many (raised to the rule's min_updates())
-  ClientConfig client;    ///< configuration sent to every selected client
-};
-
-/// Base of the robust strategies: uniform configure(), aggregate() = the
-/// rule's output replaces the global parameters.
+/// Base of the robust strategies: Flower's FedAvg configure_fit (the
+/// FedAvgOptions of fedavg.hpp; min_fit_clients raised to the rule's
+/// min_updates()), and aggregate() = the rule's output replaces `global`.
 template <class S>
 class RobustStrategy : public Strategy<S> {
  public:
-  explicit RobustStrategy(RobustSampling sampling) : sampling_(std::move(sampling)) {}
+  explicit RobustStrategy(FedAvgOptions o) : o_(std::move(o)) {}
 
   std::vector<ClientInstruction> configure(long /*round*/, std::span<const Index> available, Rng& rng) override {
-    const auto ids = sample_uniform(available, sampling_.fraction, std::max(sampling_.min_clients, this->min_updates()), rng);
     std::vector<ClientInstruction> out;
+    if (available.empty() || static_cast<Index>(available.size()) < o_.min_available_clients) return out;
+    const auto ids = sample_uniform(available, o_.fraction_fit, std::max(o_.min_fit_clients, this->min_updates()), rng);
     out.reserve(ids.size());
-    for (const Index id : ids) out.push_back(ClientInstruction{id, sampling_.client});
+    for (const Index id : ids) out.push_back(ClientInstruction{id, o_.client});
     return out;
   }
 
   Result<void> aggregate(long /*round*/, VectorMap<S> global, std::span<const ClientUpdate<S>> updates) override {
+    FLEETDL_TRY(detail::check_fedavg_options(this->name(), o_));
     auto checked = fl::detail::check_updates<S>(this->name(), global.size(), updates, false);
     if (!checked) return std::move(checked).error();
     auto r = rule(updates);
@@ -400,17 +398,17 @@ class RobustStrategy : public Strategy<S> {
   /// The aggregation rule alone (no dimension check against a global model).
   virtual Result<Vector<S>> rule(std::span<const ClientUpdate<S>> updates) const = 0;
 
-  const RobustSampling& sampling() const { return sampling_; }
+  const FedAvgOptions& options() const { return o_; }
 
  private:
-  RobustSampling sampling_;
+  FedAvgOptions o_;
 };
 
 /// Flower's FedMedian, with an optional expected Byzantine count f (f < n/2).
 template <class S>
 class FedMedian : public RobustStrategy<S> {
  public:
-  explicit FedMedian(Index f = 0, RobustSampling sampling = {}) : RobustStrategy<S>(std::move(sampling)), f_(f) {}
+  explicit FedMedian(Index f = 0, FedAvgOptions o = {}) : RobustStrategy<S>(std::move(o)), f_(f) {}
   std::string name() const override { return "fedmedian"; }
   Index min_updates() const override { return 2 * std::max<Index>(f_, 0) + 1; }
   Result<Vector<S>> rule(std::span<const ClientUpdate<S>> updates) const override {
@@ -427,8 +425,8 @@ class FedMedian : public RobustStrategy<S> {
 template <class S>
 class FedTrimmedAvg : public RobustStrategy<S> {
  public:
-  explicit FedTrimmedAvg(double beta = 0.2, Index f = 0, RobustSampling sampling = {})
-      : RobustStrategy<S>(std::move(sampling)), beta_(beta), f_(f) {}
+  explicit FedTrimmedAvg(double beta = 0.2, Index f = 0, FedAvgOptions o = {})
+      : RobustStrategy<S>(std::move(o)), beta_(beta), f_(f) {}
   std::string name() const override { return "fedtrimmedavg"; }
   /// Smallest n with floor(beta n) >= f (1 when f = 0 or beta is invalid).
   Index min_updates() const override {
@@ -452,8 +450,8 @@ class FedTrimmedAvg : public RobustStrategy<S> {
 template <class S>
 class Krum : public RobustStrategy<S> {
  public:
-  explicit Krum(Index f, Index m = 1, Weighting weighting = Weighting::examples, RobustSampling sampling = {})
-      : RobustStrategy<S>(std::move(sampling)), f_(f), m_(m), weighting_(weighting) {}
+  explicit Krum(Index f, Index m = 1, Weighting weighting = Weighting::examples, FedAvgOptions o = {})
+      : RobustStrategy<S>(std::move(o)), f_(f), m_(m), weighting_(weighting) {}
   std::string name() const override { return m_ == 1 ? "krum" : "multi-krum"; }
   Index min_updates() const override {
     const Index f = std::max<Index>(f_, 0);
@@ -474,7 +472,7 @@ class Krum : public RobustStrategy<S> {
 template <class S>
 class Bulyan : public RobustStrategy<S> {
  public:
-  explicit Bulyan(Index f, RobustSampling sampling = {}) : RobustStrategy<S>(std::move(sampling)), f_(f) {}
+  explicit Bulyan(Index f, FedAvgOptions o = {}) : RobustStrategy<S>(std::move(o)), f_(f) {}
   std::string name() const override { return "bulyan"; }
   Index min_updates() const override { return 4 * std::max<Index>(f_, 0) + 3; }
   Result<Vector<S>> rule(std::span<const ClientUpdate<S>> updates) const override { return bulyan(updates, f_); }
