@@ -350,7 +350,7 @@ TEST_CASE("robust rules: bad input is an error and changes nothing", "[fl]") {
     const char* needle;
   };
   const Bad bads[] = {
-      {"mismatched dims", &mismatched, Errc::shape_mismatch, "update 2 (client 2) has 3 parameters"},
+      {"mismatched dims", &mismatched, Errc::shape_mismatch, "update 2 (client 2) has 3 parameters, update 0 has 2"},
       {"NaN", &with_nan, Errc::invalid_argument, "update 4 (client 4) contains NaN"},
       {"infinity", &with_inf, Errc::invalid_argument, "update 0 (client 0) contains NaN or infinity"},
       {"empty", &empty, Errc::invalid_argument, "no updates"},

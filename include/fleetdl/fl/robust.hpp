@@ -60,6 +60,8 @@
 //    outside them.
 //  * Errors never modify anything: the free functions take const input and the
 //    strategies leave `global` unchanged.
+//  * The free functions take std::span<const ClientUpdate<S>>; from a
+//    std::vector name the scalar type: fl::krum<float>(updates, f).
 #pragma once
 
 #include "fleetdl/core/error.hpp"
@@ -102,6 +104,11 @@ Result<Index> check_input(const std::string& rule, std::span<const ClientUpdate<
   if (d == 0)
     return make_error(Errc::invalid_argument, rule + ": update 0 (client " + num(updates[0].client) +
                                                   ") has an empty parameter vector");
+  for (std::size_t i = 1; i < updates.size(); ++i)
+    if (updates[i].params.size() != d)
+      return make_error(Errc::shape_mismatch, rule + ": update " + std::to_string(i) + " (client " +
+                                                  num(updates[i].client) + ") has " + num(updates[i].params.size()) +
+                                                  " parameters, update 0 has " + num(d));
   auto checked = fl::detail::check_updates<S>(rule, d, updates, need_examples);
   if (!checked) return std::move(checked).error();
   return static_cast<Index>(updates.size());
@@ -431,7 +438,8 @@ class FedTrimmedAvg : public RobustStrategy<S> {
   /// Smallest n with floor(beta n) >= f (1 when f = 0 or beta is invalid).
   Index min_updates() const override {
     if (f_ <= 0 || !(beta_ > 0.0 && beta_ < 0.5)) return 1;
-    auto n = static_cast<Index>(std::ceil(static_cast<double>(f_) / beta_));
+    // start just below f/beta and step up: floor(beta n) is what the rule checks
+    auto n = std::max<Index>(1, static_cast<Index>(static_cast<double>(f_) / beta_) - 1);
     while (static_cast<Index>(beta_ * static_cast<double>(n)) < f_) ++n;
     return n;
   }
