@@ -856,6 +856,32 @@ nn::Model<S> hetero_cnn() {
   return std::move(*m);
 }
 
+template <class S>
+nn::Model<S> hetero_dw() {
+  // 1x4x4 -> conv(1->4) -> ReLU6 -> depthwise conv(4, groups 4) -> BN(4) -> Tanh -> avgpool 2 -> dropout
+  //       -> global avg pool -> dense(4->5) -> Sigmoid -> dense(5->3) -> Softmax
+  std::vector<nn::NodePtr<S>> n;
+  n.push_back(std::make_unique<nn::Conv2D<S>>(1, 4, 3, 1, 1));
+  n.push_back(nn::relu6<S>());
+  n.push_back(std::make_unique<nn::Conv2D<S>>(4, 4, 3, 1, 1, 1, 4));
+  n.push_back(std::make_unique<nn::BatchNorm<S>>(4));
+  n.push_back(nn::tanh<S>());
+  n.push_back(std::make_unique<nn::AvgPool2D<S>>(2));
+  n.push_back(std::make_unique<nn::Dropout<S>>(0.5));
+  n.push_back(std::make_unique<nn::GlobalAvgPool<S>>());
+  n.push_back(std::make_unique<nn::Dense<S>>(4, 5));
+  n.push_back(nn::sigmoid<S>());
+  n.push_back(std::make_unique<nn::Dense<S>>(5, 3));
+  n.push_back(std::make_unique<nn::Softmax<S>>());
+  auto m = nn::Model<S>::create(Shape{1, 4, 4}, std::move(n));
+  REQUIRE(m.ok());
+  m->init(12);
+  // non-trivial running statistics for the kept channels
+  auto b = m->buffers();
+  for (Index i = 0; i < b.size(); ++i) b[i] = static_cast<S>(i < 4 ? 0.1 * static_cast<double>(i) : 1.0 + 0.2 * static_cast<double>(i - 4));
+  return std::move(*m);
+}
+
 /// dense(2->2) -> dense(2->1): 9 parameters
 ///   D1: W[o][i] at o*2 + i (0..3), b at 4, 5;  D2: W[0][i] at 6, 7, b at 8.
 nn::Model<double> hetero_mlp() {
@@ -926,33 +952,44 @@ TEST_CASE("heterofl: index sets — sizes, layout, first and last layers full", 
 }
 
 TEST_CASE("heterofl: make_submodel computes what the zero-padded full model computes", "[fl]") {
-  const auto model = hetero_cnn<double>();
-  for (double width : {0.25, 0.5, 0.75}) {
-    INFO("width " << width);
-    auto sub = fl::make_submodel(model, width);
-    REQUIRE(sub.ok());
-    auto idx = fl::submodel_index(model, width);
-    REQUIRE(idx.ok());
-    CHECK(sub->param_count() == idx->params.size());
-    CHECK(sub->input_shape() == model.input_shape());
-    CHECK(sub->output_shape() == model.output_shape());  // 3 classes
-    CHECK(static_cast<const nn::Conv2D<double>&>(sub->node(0)).options().in_channels == 2);
-    // The full model with every parameter outside the index set to zero
-    // computes exactly the sub-model (eval mode: dropped channels are 0).
-    nn::Model<double> padded = model;
-    Vector<double> zeros = Vector<double>::Zero(model.param_count());
-    auto sp = fl::submodel_gather(std::as_const(model).params(), *idx);
-    REQUIRE(sp.ok());
-    CHECK(*sp == std::as_const(*sub).params());
-    REQUIRE(fl::submodel_scatter(map(zeros), *idx, cmap(*sp)).ok());
-    padded.params() = zeros;
-    fleetdl::Matrix<double> in(32, 3);
-    Rng rng(4);
-    for (Index i = 0; i < in.size(); ++i) in.data()[i] = rng.uniform(-1, 1);
-    nn::ExecContext<double> ctx;
-    const fleetdl::Matrix<double> want = padded.forward(in, ctx);
-    const fleetdl::Matrix<double> got = sub->forward(in, ctx);
-    CHECK((want - got).cwiseAbs().maxCoeff() < 1e-12);
+  const auto cnn = hetero_cnn<double>();
+  const auto dw = hetero_dw<double>();
+  // dw at width 0.5: conv 2 * 9 + 2 = 20, depthwise 2 * 9 + 2 = 20, BN 4, dense(2->3) 3 * 2 + 3 = 9,
+  // dense(3->3) 3 * 3 + 3 = 12 -> 65
+  auto dw_half = fl::submodel_index(dw, 0.5);
+  REQUIRE(dw_half.ok());
+  CHECK(dw_half->params.size() == 65);
+  for (const auto* mp : {&cnn, &dw}) {
+    for (double width : {0.25, 0.5, 0.75}) {
+      const auto& model = *mp;
+      INFO("model " << (mp == &cnn ? "cnn" : "depthwise") << ", width " << width);
+      auto sub = fl::make_submodel(model, width);
+      REQUIRE(sub.ok());
+      auto idx = fl::submodel_index(model, width);
+      REQUIRE(idx.ok());
+      CHECK(sub->param_count() == idx->params.size());
+      CHECK(sub->input_shape() == model.input_shape());
+      CHECK(sub->output_shape() == model.output_shape());  // 3 classes
+      CHECK(static_cast<const nn::Conv2D<double>&>(sub->node(0)).options().in_channels == model.input_shape().c);
+      // The full model with every parameter outside the index set to zero
+      // computes exactly the sub-model (eval mode: dropped channels are 0).
+      nn::Model<double> padded = model;
+      auto bidx = idx->buffers;
+      for (Index j = 0; j < bidx.size(); ++j) CHECK(sub->buffers()[j] == model.buffers()[bidx[j]]);
+      Vector<double> zeros = Vector<double>::Zero(model.param_count());
+      auto sp = fl::submodel_gather(std::as_const(model).params(), *idx);
+      REQUIRE(sp.ok());
+      CHECK(*sp == std::as_const(*sub).params());
+      REQUIRE(fl::submodel_scatter(map(zeros), *idx, cmap(*sp)).ok());
+      padded.params() = zeros;
+      fleetdl::Matrix<double> in(model.input_shape().size(), 3);
+      Rng rng(4);
+      for (Index i = 0; i < in.size(); ++i) in.data()[i] = rng.uniform(-1, 1);
+      nn::ExecContext<double> ctx;
+      const fleetdl::Matrix<double> want = padded.forward(in, ctx);
+      const fleetdl::Matrix<double> got = sub->forward(in, ctx);
+      CHECK((want - got).cwiseAbs().maxCoeff() < 1e-12);
+    }
   }
 }
 
@@ -1053,6 +1090,35 @@ TEST_CASE("heterofl: malformed rounds, unsupported models, configure widths", "[
   CHECK(bad.error().code == Errc::unsupported);
   CHECK(bad.error().message.find("residual") != std::string::npos);
   CHECK_FALSE(fl::make_submodel(*res, 0.5).ok());
+
+  // Neither can a grouped (not depthwise) convolution.
+  std::vector<nn::NodePtr<double>> gn;
+  gn.push_back(std::make_unique<nn::Conv2D<double>>(4, 4, 1, 1, 0, 1, 2));
+  auto grouped = nn::Model<double>::create(Shape{4, 2, 2}, std::move(gn));
+  REQUIRE(grouped.ok());
+  auto gi = fl::submodel_index(*grouped, 0.5);
+  REQUIRE_FALSE(gi.ok());
+  CHECK(gi.error().code == Errc::unsupported);
+}
+
+TEST_CASE("heterofl: many distinct widths in one round (index cache limit)", "[fl]") {
+  auto s = fl::HeteroFL<double>::create(hetero_mlp());
+  REQUIRE(s.ok());
+  // Client k = 1..20 reports width k/20 and every parameter = k, n = 1. Widths <= 0.5
+  // keep D1 unit 0 only (5 parameters), widths > 0.5 the whole MLP (9).
+  //   held by all 20 (0, 1, 4, 6, 8): mean(1..20) = 10.5
+  //   held by k = 11..20 (2, 3, 5, 7): mean(11..20) = 15.5
+  std::vector<fl::ClientUpdate<double>> u;
+  for (Index k = 1; k <= 20; ++k) {
+    fl::ClientUpdate<double> c;
+    c.client = k;
+    c.width = static_cast<double>(k) / 20.0;
+    c.params = Vector<double>::Constant(k <= 10 ? 5 : 9, static_cast<double>(k));
+    c.num_examples = 1;
+    u.push_back(c);
+  }
+  REQUIRE(u.size() > fl::HeteroFL<double>::max_cached_widths);
+  check_vec(agg<double>(*s, Vector<double>::Zero(9), u), {10.5, 10.5, 15.5, 15.5, 10.5, 15.5, 10.5, 15.5, 10.5});
 }
 
 // ---------------------------------------------------------------- configure()

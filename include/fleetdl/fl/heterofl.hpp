@@ -39,6 +39,7 @@
 #include "fleetdl/nn/model.hpp"
 
 #include <cmath>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -314,7 +315,7 @@ struct HeteroFLOptions : FedAvgOptions {
 
 /// HeteroFL server: per-coordinate example-weighted averaging over holders.
 /// Keeps the model's layer plan (not its parameters) and one index set per
-/// width seen (about 8 bytes per kept parameter each).
+/// width seen (8 bytes per kept parameter each; at most max_cached_widths).
 template <class S>
 class HeteroFL : public FedAvg<S> {
  public:
@@ -334,14 +335,14 @@ class HeteroFL : public FedAvg<S> {
     return out;
   }
 
-  /// The index set of a width (computed once, then cached).
-  Result<const SubmodelIndex*> index(double width) {
-    auto it = cache_.find(width);
-    if (it != cache_.end()) return &it->second;
-    auto idx = detail::hetero_index(plan_, width, nullptr);
-    if (!idx) return std::move(idx).error();
-    return &cache_.emplace(width, std::move(*idx)).first->second;
-  }
+  /// At most this many widths keep their index set cached; further widths
+  /// (a client reporting arbitrary widths) are computed per use.
+  static constexpr std::size_t max_cached_widths = 16;
+
+  /// The index set of a width, computed once and cached: the pointer stays
+  /// valid while the strategy lives — beyond max_cached_widths distinct
+  /// widths, only until the next index() call.
+  Result<const SubmodelIndex*> index(double width) { return index(width, nullptr); }
 
   /// What the server sends a client of this width: global(index).
   Result<Vector<S>> extract(ConstVectorMap<S> global, double width) {
@@ -359,10 +360,11 @@ class HeteroFL : public FedAvg<S> {
       return make_error(Errc::shape_mismatch, who + ": global model has " + std::to_string(global.size()) +
                                                   " parameters, the planned model " + std::to_string(plan_.params));
     std::vector<const SubmodelIndex*> sets(updates.size());
+    std::deque<SubmodelIndex> uncached;
     for (std::size_t i = 0; i < updates.size(); ++i) {
       const auto& u = updates[i];
       const std::string at = who + ": update " + std::to_string(i) + " (client " + std::to_string(u.client) + ")";
-      auto idx = index(u.width);
+      auto idx = index(u.width, &uncached);
       if (!idx) return make_error(idx.error().code, at + ": " + idx.error().message);
       if (u.params.size() != (*idx)->params.size())
         return make_error(Errc::shape_mismatch, at + " has " + std::to_string(u.params.size()) +
@@ -391,8 +393,25 @@ class HeteroFL : public FedAvg<S> {
  private:
   HeteroFL(detail::HeteroPlan plan, HeteroFLOptions o) : FedAvg<S>(o), plan_(std::move(plan)), h_(std::move(o)) {}
 
+  /// Cached index set of `width`; past max_cached_widths it goes to `spill`
+  /// (or a one-entry scratch slot when spill is null).
+  Result<const SubmodelIndex*> index(double width, std::deque<SubmodelIndex>* spill) {
+    auto it = cache_.find(width);
+    if (it != cache_.end()) return &it->second;
+    auto idx = detail::hetero_index(plan_, width, nullptr);
+    if (!idx) return std::move(idx).error();
+    if (cache_.size() < max_cached_widths) return &cache_.emplace(width, std::move(*idx)).first->second;
+    if (spill) {
+      spill->push_back(std::move(*idx));
+      return &spill->back();
+    }
+    scratch_ = std::move(*idx);
+    return &scratch_;
+  }
+
   detail::HeteroPlan plan_;
   HeteroFLOptions h_;
+  SubmodelIndex scratch_;
   std::map<double, SubmodelIndex> cache_;
 };
 
