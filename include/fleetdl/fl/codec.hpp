@@ -397,19 +397,21 @@ inline Result<CodecHeader> peek_codec_header(std::span<const std::uint8_t> bytes
                                              std::to_string(codec_version) + ")");
   CodecHeader h;
   h.dim = dim;
-  const Index d = static_cast<Index>(dim);
+  // Sizes in 64-bit arithmetic: a hostile dim or k cannot overflow them.
+  const std::uint64_t d64 = dim;
+  std::uint64_t total = 0;
   switch (kind) {
     case 0x01:
       h.kind = CodecKind::fp16;
       h.bits = 16;
-      h.total_bytes = fp16_encoded_bytes(d);
+      total = codec_header_bytes + 2 * d64;
       break;
     case 0x12:
     case 0x14:
     case 0x18:
       h.kind = static_cast<CodecKind>(kind);
       h.bits = kind & 0x0F;
-      h.total_bytes = quantized_encoded_bytes(d, h.bits);
+      total = codec_header_bytes + 8 + (d64 * static_cast<std::uint64_t>(h.bits) + 7) / 8;
       break;
     case 0x02:
     case 0x03: {
@@ -421,9 +423,8 @@ inline Result<CodecHeader> peek_codec_header(std::span<const std::uint8_t> bytes
       if (h.k > dim)
         return make_error(Errc::corrupt, "codec: top-k header claims k = " + std::to_string(h.k) +
                                              " entries for dimension " + std::to_string(dim));
-      const auto kk = static_cast<std::size_t>(h.k);
-      h.total_bytes = codec_header_bytes + 4 +
-                      (kind == 0x02 ? 8 * kk : (static_cast<std::size_t>(dim) + 7) / 8 + 4 * kk);
+      const std::uint64_t k64 = h.k;
+      total = codec_header_bytes + 4 + (kind == 0x02 ? 8 * k64 : (d64 + 7) / 8 + 4 * k64);
       break;
     }
     default: {
@@ -432,13 +433,14 @@ inline Result<CodecHeader> peek_codec_header(std::span<const std::uint8_t> bytes
       return make_error(Errc::unsupported, buf);
     }
   }
-  if (n < h.total_bytes)
-    return make_error(Errc::truncated, "codec: payload needs " + std::to_string(h.total_bytes) +
+  if (static_cast<std::uint64_t>(n) < total)
+    return make_error(Errc::truncated, "codec: payload needs " + std::to_string(total) +
                                            " bytes for dimension " + std::to_string(dim) + ", buffer has " +
                                            std::to_string(n));
-  if (n > h.total_bytes)
-    return make_error(Errc::corrupt, "codec: " + std::to_string(n - h.total_bytes) + " trailing bytes after the " +
-                                         std::to_string(h.total_bytes) + "-byte payload");
+  if (static_cast<std::uint64_t>(n) > total)
+    return make_error(Errc::corrupt, "codec: " + std::to_string(static_cast<std::uint64_t>(n) - total) +
+                                         " trailing bytes after the " + std::to_string(total) + "-byte payload");
+  h.total_bytes = static_cast<std::size_t>(total);
   return h;
 }
 

@@ -75,10 +75,13 @@ namespace fleetdl::fl {
 // ---------------------------------------------------------------------------
 
 namespace detail {
+/// A writable Eigen column-vector expression (Vector, Map, segment, ...).
 template <class V>
 concept DpWritableVector =
-    std::derived_from<std::remove_cvref_t<V>, Eigen::MatrixBase<std::remove_cvref_t<V>>> &&
-    std::remove_cvref_t<V>::ColsAtCompileTime == 1 && !std::is_const_v<std::remove_reference_t<V>>;
+    requires(std::remove_cvref_t<V>& v, typename std::remove_cvref_t<V>::Scalar s) {
+      v.squaredNorm();
+      v *= s;
+    } && std::remove_cvref_t<V>::ColsAtCompileTime == 1 && !std::is_const_v<std::remove_reference_t<V>>;
 
 inline std::string dp_fmt(double v) {
   char buf[32];
