@@ -1,8 +1,9 @@
-// fleetdl/fleetdl.hpp — the whole library: core, nn, data, io.
-// Later areas (fl, sim, partition, compress, micro, wire) join here as they land.
+// fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl.
+// Later areas (sim, partition, compress, micro, wire) join here as they land.
 #pragma once
 
 #include "fleetdl/core.hpp"
 #include "fleetdl/data.hpp"
 #include "fleetdl/io.hpp"
 #include "fleetdl/nn.hpp"
+#include "fleetdl/fl.hpp"

@@ -10,9 +10,9 @@
 // test-side encoder written from the layout comment at the top of fdl.hpp
 // (not by the library's writer); nothing binary is committed.
 //
-// Test cases tagged [bug] document defects of fdl.hpp (and bytes.hpp); they
-// fail until the headers are fixed (see the comment above each one; the last
-// fails only under -fsanitize=undefined). Run the rest with "[io]~[bug]".
+// The last test cases are regressions for defects found while writing this
+// file (the comment above each says which; the empty-write one is only
+// visible under -fsanitize=undefined).
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/core/crc32.hpp"
 #include "fleetdl/core/rng.hpp"
@@ -1338,7 +1338,7 @@ TEST_CASE("fdl: deterministic mutation fuzz", "[io]") {
 
 // decode_model prints header and tensor flags as "0x" followed by the DECIMAL
 // value (std::to_string), so flags 0x10 are reported as "0x16".
-TEST_CASE("fdl: flags in messages are printed in hexadecimal", "[io][bug]") {
+TEST_CASE("fdl: flags in messages are printed in hexadecimal", "[io]") {
   Bytes b = build(tiny_spec());
   set_u32(b, 12, 0x10);
   reseal(b);
@@ -1353,7 +1353,7 @@ TEST_CASE("fdl: flags in messages are printed in hexadecimal", "[io][bug]") {
 // Errc::truncated ("architecture ends inside a dense config (or ...)"), and an
 // input shape over the limit as Errc::corrupt. error.hpp reserves
 // Errc::limit_exceeded for "a size exceeds a configured FLEETDL_MAX_* limit".
-TEST_CASE("fdl: a dimension over FLEETDL_MAX_DIM is limit_exceeded, a missing one truncated", "[io][bug]") {
+TEST_CASE("fdl: a dimension over FLEETDL_MAX_DIM is limit_exceeded, a missing one truncated", "[io]") {
   const auto file = [](auto write) {
     LE a;
     write(a);
@@ -1378,7 +1378,7 @@ TEST_CASE("fdl: a dimension over FLEETDL_MAX_DIM is limit_exceeded, a missing on
 // FLEETDL_MAX_NODES ("Largest number of nodes (layers, composites)"): each
 // 4-byte empty branch becomes a ~184-byte Sequential, so a file of a few MiB
 // builds about a million composites (~50x the file size in memory).
-TEST_CASE("fdl: concat branches count against FLEETDL_MAX_NODES", "[io][bug]") {
+TEST_CASE("fdl: concat branches count against FLEETDL_MAX_NODES", "[io]") {
   LE a;
   input(a, 1, 1, 1).u32(1);
   node(a, k_concat).u32(2);
@@ -1397,7 +1397,7 @@ TEST_CASE("fdl: concat branches count against FLEETDL_MAX_NODES", "[io][bug]") {
 // u16: a metadata value or label of 65536+ bytes is written with a wrapped
 // length, and non-finite values are written although decode_model rejects
 // them. save_model then reports success for a file load_model cannot read.
-TEST_CASE("fdl: save_model never reports success for a file load_model rejects", "[io][bug]") {
+TEST_CASE("fdl: save_model never reports success for a file load_model rejects", "[io]") {
   TempDir dir;
   const auto check = [&](const char* what, const auto& model, const io::Metadata& meta, io::DType dtype) {
     INFO(what);
@@ -1432,7 +1432,7 @@ TEST_CASE("fdl: save_model never reports success for a file load_model rejects",
 // directory is reported as "9223372036854775807 bytes exceed the limit"
 // (limit_exceeded), and with a large max_bytes the reader tries to allocate
 // 9.2 EB: std::bad_alloc escapes (abort without exceptions).
-TEST_CASE("fdl: reading a directory is an io_error, whatever max_bytes", "[io][bug]") {
+TEST_CASE("fdl: reading a directory is an io_error, whatever max_bytes", "[io]") {
   TempDir dir;
   for (std::uint64_t max : {std::uint64_t{FLEETDL_MAX_MODEL_BYTES}, std::numeric_limits<std::uint64_t>::max()}) {
     INFO("max_bytes " << max);
@@ -1458,7 +1458,7 @@ TEST_CASE("fdl: reading a directory is an io_error, whatever max_bytes", "[io][b
 // empty; data() is then nullptr, and glibc declares fwrite's buffer nonnull:
 // undefined behaviour. This case passes in a plain build and aborts under
 // -fsanitize=undefined ("null pointer passed as argument 1").
-TEST_CASE("fdl: write_file_atomic writes an empty file without undefined behaviour", "[io][bug]") {
+TEST_CASE("fdl: write_file_atomic writes an empty file without undefined behaviour", "[io]") {
   TempDir dir;
   const std::string path = dir.file("empty.bin");
   REQUIRE(io::write_file_atomic(path, {}).ok());

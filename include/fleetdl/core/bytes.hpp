@@ -32,8 +32,10 @@ class ByteWriter {
     std::memcpy(&u, &v, 8);
     put_le(u);
   }
-  /// u16 length + bytes.
+  /// u16 length + bytes. A longer string sets overflowed() (and is cut
+  /// short by its length field), so callers can refuse what they wrote.
   void str(std::string_view s) {
+    if (s.size() > 0xFFFF) overflow_ = true;
     u16(static_cast<std::uint16_t>(s.size()));
     raw(s.data(), s.size());
   }
@@ -48,6 +50,8 @@ class ByteWriter {
     for (int i = 0; i < 8; ++i) buf_[at + static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(v >> (8 * i));
   }
   std::size_t size() const { return buf_.size(); }
+  /// A str() longer than 65535 bytes was written.
+  bool overflowed() const { return overflow_; }
   const std::vector<std::uint8_t>& bytes() const& { return buf_; }
   std::vector<std::uint8_t>&& bytes() && { return std::move(buf_); }
 
@@ -57,6 +61,7 @@ class ByteWriter {
     for (std::size_t i = 0; i < sizeof(U); ++i) buf_.push_back(static_cast<std::uint8_t>(v >> (8 * i)));
   }
   std::vector<std::uint8_t> buf_;
+  bool overflow_ = false;
 };
 
 class ByteReader {

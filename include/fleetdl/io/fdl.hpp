@@ -30,6 +30,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -52,9 +54,13 @@ struct ModelFile {
   std::uint32_t version = fdl_version;
 };
 
-/// Serialise a model (weights stored as `dtype`).
+namespace detail {
+
+/// encode_model, or why the model cannot be stored: a label or metadata
+/// string over 65535 bytes (lengths are u16), or a value that is not finite
+/// in `dtype` (decode_model rejects those).
 template <class S>
-std::vector<std::uint8_t> encode_model(const nn::Model<S>& model, const Metadata& meta = {}, DType dtype = DType::f32) {
+Result<std::vector<std::uint8_t>> encode_checked(const nn::Model<S>& model, const Metadata& meta, DType dtype) {
   ByteWriter w;
   w.raw(fdl_magic, 8);
   w.u32(fdl_version);
@@ -68,8 +74,11 @@ std::vector<std::uint8_t> encode_model(const nn::Model<S>& model, const Metadata
   model.chain().save_config(arch);
   w.u32(static_cast<std::uint32_t>(arch.size()));
   w.raw(arch.bytes().data(), arch.size());
+  if (arch.overflowed()) return make_error(Errc::invalid_argument, "a node label is longer than 65535 bytes");
   w.u32(static_cast<std::uint32_t>(meta.size()));
   for (const auto& [k, v] : meta) {
+    if (k.size() > 0xFFFF || v.size() > 0xFFFF)
+      return make_error(Errc::invalid_argument, "metadata '" + k.substr(0, 64) + "': key or value longer than 65535 bytes");
     w.str(k);
     w.str(v);
   }
@@ -82,16 +91,32 @@ std::vector<std::uint8_t> encode_model(const nn::Model<S>& model, const Metadata
     w.u8(static_cast<std::uint8_t>(t.dims.size()));
     for (Index d : t.dims) w.u32(static_cast<std::uint32_t>(d));
     for (Index i = 0; i < t.size(); ++i) {
+      const double v = static_cast<double>(t.data[i]);
+      if (!std::isfinite(v) || (dtype == DType::f32 && std::fabs(v) > std::numeric_limits<float>::max()))
+        return make_error(Errc::invalid_argument, "tensor '" + t.name + "' value " + std::to_string(i) +
+                                                      " is not finite" + (dtype == DType::f32 ? " as f32" : ""));
       if (dtype == DType::f32)
-        w.f32(static_cast<float>(t.data[i]));
+        w.f32(static_cast<float>(v));
       else
-        w.f64(static_cast<double>(t.data[i]));
+        w.f64(v);
     }
   }
   w.patch_u64(len_at, static_cast<std::uint64_t>(w.size() + 4));
   const std::uint32_t crc = crc32(w.bytes().data(), w.size());
   w.u32(crc);
   return std::move(w).bytes();
+}
+
+}  // namespace detail
+
+/// Serialise a model (weights stored as `dtype`). Precondition: labels and
+/// metadata strings fit in 65535 bytes and every value is finite in `dtype`;
+/// save_model reports a violation as an error instead.
+template <class S>
+std::vector<std::uint8_t> encode_model(const nn::Model<S>& model, const Metadata& meta = {}, DType dtype = DType::f32) {
+  auto r = detail::encode_checked(model, meta, dtype);
+  FLEETDL_ASSERT(r.ok(), "encode_model: a string over 65535 bytes or a non-finite value (see save_model)");
+  return std::move(r).value();
 }
 
 namespace detail {
@@ -107,12 +132,20 @@ inline Error arch_error(const std::string& where, const std::string& what) {
   return make_error(Errc::corrupt, where + ": " + what);
 }
 
-inline bool read_dim(ByteReader& r, Index& v, Index max = FLEETDL_MAX_DIM) {
+inline std::string hex(std::uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%x", static_cast<unsigned>(v));
+  return buf;
+}
+
+/// A u32 dimension: ends the bytes (truncated) or exceeds FLEETDL_MAX_DIM.
+enum class DimRead { ok, truncated, over_limit };
+inline DimRead read_dim(ByteReader& r, Index& v) {
   std::uint32_t u = 0;
-  if (!r.u32(u)) return false;
-  if (u > static_cast<std::uint64_t>(max)) return false;
+  if (!r.u32(u)) return DimRead::truncated;
+  if (u > static_cast<std::uint64_t>(FLEETDL_MAX_DIM)) return DimRead::over_limit;
   v = static_cast<Index>(u);
-  return true;
+  return DimRead::ok;
 }
 
 template <class S>
@@ -148,12 +181,24 @@ Result<nn::NodePtr<S>> read_node(ByteReader& r, int depth, ArchLimits& lim, cons
   if (!r.u16(kind) || !r.str(label)) return make_error(Errc::truncated, where + ": architecture ends inside a node header");
   const auto trunc = [&](const char* t) { return make_error(Errc::truncated, where + ": architecture ends inside a " + std::string(t)); };
   const auto bad = [&](const std::string& t) { return arch_error(where, t); };
+  Error dim_err;
+  const auto dim = [&](Index& v, const char* t) {
+    switch (read_dim(r, v)) {
+      case DimRead::ok: return true;
+      case DimRead::truncated: dim_err = trunc(t); return false;
+      case DimRead::over_limit: break;
+    }
+    dim_err = make_error(Errc::limit_exceeded, where + ": " + std::string(t) + " has a dimension over FLEETDL_MAX_DIM (" +
+                                                   std::to_string(FLEETDL_MAX_DIM) + ")");
+    return false;
+  };
   NodePtr<S> node;
   switch (static_cast<NodeKind>(kind)) {
     case NodeKind::dense: {
       Index in = 0, out = 0;
       std::uint8_t bias = 0;
-      if (!read_dim(r, in) || !read_dim(r, out) || !r.u8(bias)) return trunc("dense config (or a dimension over FLEETDL_MAX_DIM)");
+      if (!dim(in, "dense config") || !dim(out, "dense config")) return dim_err;
+      if (!r.u8(bias)) return trunc("dense config");
       if (bias > 1) return bad("dense bias flag " + std::to_string(bias) + " is not 0 or 1");
       node = std::make_unique<Dense<S>>(in, out, bias == 1);
       break;
@@ -164,7 +209,7 @@ Result<nn::NodePtr<S>> read_node(ByteReader& r, int depth, ArchLimits& lim, cons
       Index* f[] = {&o.in_channels, &o.out_channels, &o.kernel_h, &o.kernel_w, &o.stride_h, &o.stride_w,
                     &o.pad_h, &o.pad_w, &o.dilation_h, &o.dilation_w, &o.groups};
       for (Index* p : f)
-        if (!read_dim(r, *p)) return trunc("conv2d config (or a dimension over FLEETDL_MAX_DIM)");
+        if (!dim(*p, "conv2d config")) return dim_err;
       if (!r.u8(bias)) return trunc("conv2d config");
       if (bias > 1) return bad("conv2d bias flag " + std::to_string(bias) + " is not 0 or 1");
       o.bias = bias == 1;
@@ -174,7 +219,7 @@ Result<nn::NodePtr<S>> read_node(ByteReader& r, int depth, ArchLimits& lim, cons
     case NodeKind::maxpool2d:
     case NodeKind::avgpool2d: {
       Index k = 0, s = 0, p = 0;
-      if (!read_dim(r, k) || !read_dim(r, s) || !read_dim(r, p)) return trunc("pooling config");
+      if (!dim(k, "pooling config") || !dim(s, "pooling config") || !dim(p, "pooling config")) return dim_err;
       if (s == 0) return bad("pooling stride 0");
       if (static_cast<NodeKind>(kind) == NodeKind::maxpool2d)
         node = std::make_unique<MaxPool2D<S>>(k, s, p);
@@ -186,7 +231,8 @@ Result<nn::NodePtr<S>> read_node(ByteReader& r, int depth, ArchLimits& lim, cons
     case NodeKind::batchnorm: {
       Index c = 0;
       double eps = 0, mom = 0;
-      if (!read_dim(r, c) || !r.f64(eps) || !r.f64(mom)) return trunc("batchnorm config");
+      if (!dim(c, "batchnorm config")) return dim_err;
+      if (!r.f64(eps) || !r.f64(mom)) return trunc("batchnorm config");
       if (!std::isfinite(eps) || !std::isfinite(mom)) return bad("batchnorm eps/momentum not finite");
       node = std::make_unique<BatchNorm<S>>(c, eps, mom);
       break;
@@ -230,6 +276,12 @@ Result<nn::NodePtr<S>> read_node(ByteReader& r, int depth, ArchLimits& lim, cons
       if (!r.u32(nb)) return trunc("concat config");
       if (nb == 0 || nb > FLEETDL_MAX_NODES || static_cast<std::size_t>(nb) * 4 > r.remaining())
         return bad("concat branch count " + std::to_string(nb) + " invalid for the bytes left");
+      // Branches are Sequential composites: they count against the node limit.
+      if (lim.nodes + nb > FLEETDL_MAX_NODES)
+        return make_error(Errc::limit_exceeded, where + ": " + std::to_string(nb) +
+                                                    " concat branches exceed FLEETDL_MAX_NODES (" +
+                                                    std::to_string(FLEETDL_MAX_NODES) + ")");
+      lim.nodes += nb;
       auto c = std::make_unique<Concat<S>>();
       for (std::uint32_t i = 0; i < nb; ++i) {
         auto b = read_sequential<S>(r, depth + 1, lim, where + ".branch" + std::to_string(i));
@@ -279,7 +331,7 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
   if (version != fdl_version)
     return err(Errc::bad_version, "file version " + std::to_string(version) + ", this build reads version " +
                                       std::to_string(fdl_version));
-  if (flags != 0) return err(Errc::unsupported, "unknown header flags 0x" + std::to_string(flags));
+  if (flags != 0) return err(Errc::unsupported, "unknown header flags " + detail::hex(flags));
   if (length > size)
     return err(Errc::truncated, "file is truncated: header says " + std::to_string(length) + " bytes, file has " + std::to_string(size));
   if (length < size)
@@ -304,8 +356,13 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
                                     std::to_string(body.remaining()) + " left");
   ByteReader ar(arch, arch_len);
   Shape in;
-  if (!detail::read_dim(ar, in.c) || !detail::read_dim(ar, in.h) || !detail::read_dim(ar, in.w))
-    return err(Errc::corrupt, "input shape missing or over FLEETDL_MAX_DIM");
+  for (Index* p : {&in.c, &in.h, &in.w}) {
+    const auto d = detail::read_dim(ar, *p);
+    if (d == detail::DimRead::truncated) return err(Errc::truncated, "architecture ends inside the input shape");
+    if (d == detail::DimRead::over_limit)
+      return err(Errc::limit_exceeded, "input shape has a dimension over FLEETDL_MAX_DIM (" +
+                                           std::to_string(FLEETDL_MAX_DIM) + ")");
+  }
   detail::ArchLimits lim;
   auto chain = detail::read_sequential<S>(ar, 0, lim, "architecture node");
   if (!chain) return err(chain.error().code, chain.error().message);
@@ -351,7 +408,7 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
     if (tname != t.name) return err(Errc::corrupt, where + ": stored name is '" + tname + "'");
     if (dt != 1 && dt != 2) return err(Errc::unsupported, where + ": unknown dtype " + std::to_string(dt));
     if ((tflags & 1U) != (t.trainable ? 1U : 0U) || (tflags & ~1U) != 0)
-      return err(Errc::corrupt, where + ": flags 0x" + std::to_string(tflags) + " do not match the architecture");
+      return err(Errc::corrupt, where + ": flags " + detail::hex(tflags) + " do not match the architecture");
     if (ndim != t.dims.size())
       return err(Errc::corrupt, where + ": " + std::to_string(ndim) + " dims stored, expected " + std::to_string(t.dims.size()));
     for (std::size_t d = 0; d < t.dims.size(); ++d) {
@@ -380,6 +437,9 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
 /// Read a whole file, refusing sizes over `max_bytes` before reading.
 inline Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path,
                                                          std::uint64_t max_bytes = FLEETDL_MAX_MODEL_BYTES) {
+  // fopen succeeds on a directory and ftell may then report LLONG_MAX (ext4).
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return make_error(Errc::io_error, path + ": is a directory");
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return make_error(Errc::io_error, path + ": cannot open (" + std::string(std::strerror(errno)) + ")");
   struct Closer {
@@ -405,7 +465,7 @@ inline Result<void> write_file_atomic(const std::string& path, const std::vector
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) return make_error(Errc::io_error, path + ": cannot create (" + std::string(std::strerror(errno)) + ")");
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0;
+  const bool ok = (bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size()) && std::fflush(f) == 0;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed) {
     std::remove(tmp.c_str());
@@ -421,7 +481,9 @@ inline Result<void> write_file_atomic(const std::string& path, const std::vector
 template <class S>
 Result<void> save_model(const std::string& path, const nn::Model<S>& model, const Metadata& meta = {},
                         DType dtype = DType::f32) {
-  return write_file_atomic(path, encode_model(model, meta, dtype));
+  auto bytes = detail::encode_checked(model, meta, dtype);
+  if (!bytes) return make_error(bytes.error().code, path + ": " + bytes.error().message);
+  return write_file_atomic(path, *bytes);
 }
 
 template <class S>
