@@ -8,4 +8,5 @@
 #include "fleetdl/core/rng.hpp"
 #include "fleetdl/core/bytes.hpp"
 #include "fleetdl/core/crc32.hpp"
+#include "fleetdl/core/file.hpp"
 #include "fleetdl/core/parallel.hpp"

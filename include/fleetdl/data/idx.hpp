@@ -23,6 +23,7 @@
 
 #include "fleetdl/core/config.hpp"
 #include "fleetdl/core/error.hpp"
+#include "fleetdl/core/file.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -390,57 +391,6 @@ inline Result<IdxArray> parse_idx(std::span<const std::uint8_t> bytes, std::stri
   return out;
 }
 
-/// Read a whole file into memory, refusing files above max_bytes. A missing
-/// file is Errc::not_found; other failures are Errc::io_error.
-inline Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, std::uint64_t max_bytes) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    const int e = errno;
-    return make_error(e == ENOENT ? Errc::not_found : Errc::io_error,
-                      path + ": cannot open (" + std::strerror(e) + ")");
-  }
-  struct Closer {
-    std::FILE* f;
-    ~Closer() { std::fclose(f); }
-  } closer{f};
-  std::vector<std::uint8_t> buf;
-  std::uint8_t chunk[65536];
-  for (bool first = true;; first = false) {
-    const std::size_t n = std::fread(chunk, 1, sizeof chunk, f);
-    if (n > 0) {
-      if (n > max_bytes - std::min<std::uint64_t>(buf.size(), max_bytes))
-        return make_error(Errc::limit_exceeded,
-                          path + ": file is larger than the limit " + std::to_string(max_bytes) + " bytes");
-      buf.insert(buf.end(), chunk, chunk + n);
-    }
-    if (n < sizeof chunk) {
-      if (std::ferror(f)) {  // e.g. EISDIR for a directory
-        const int e = errno;
-        return make_error(Errc::io_error, path + ": read failed (" + std::strerror(e) + ")");
-      }
-      break;
-    }
-    if (first) {
-      // A large file: reject it by its length before reading it all, and
-      // reserve once. (Only after a successful read: ftell is meaningless
-      // for a directory.)
-      const long here = std::ftell(f);
-      if (here >= 0 && std::fseek(f, 0, SEEK_END) == 0) {
-        const long len = std::ftell(f);
-        if (len > 0 && static_cast<std::uint64_t>(len) > max_bytes)
-          return make_error(Errc::limit_exceeded, path + ": file is " + std::to_string(len) +
-                                                      " bytes, above the limit " + std::to_string(max_bytes));
-        if (len > 0) buf.reserve(static_cast<std::size_t>(len));
-        if (std::fseek(f, here, SEEK_SET) != 0) {
-          const int e = errno;
-          return make_error(Errc::io_error, path + ": seek failed (" + std::strerror(e) + ")");
-        }
-      }
-    }
-  }
-  return buf;
-}
-
 /// Read and decode an IDX file (plain or .gz) from `path`. Error messages
 /// start with the path.
 inline Result<IdxArray> read_idx(const std::string& path, const IdxLimits& limits = {}) {
@@ -448,7 +398,7 @@ inline Result<IdxArray> read_idx(const std::string& path, const IdxLimits& limit
   // incompressible data: stored deflate blocks add 5 bytes per 64 KiB.
   const std::uint64_t slack = limits.max_bytes / 1024 + 4096;
   const std::uint64_t cap = limits.max_bytes > UINT64_MAX - slack ? UINT64_MAX : limits.max_bytes + slack;
-  auto bytes = read_file_bytes(path, cap);
+  auto bytes = read_file(path, cap);  // not_found for a missing file
   if (!bytes) return std::move(bytes).error();
   return parse_idx(*bytes, path, limits);
 }

@@ -24,6 +24,7 @@
 #include "fleetdl/core/bytes.hpp"
 #include "fleetdl/core/crc32.hpp"
 #include "fleetdl/core/error.hpp"
+#include "fleetdl/core/file.hpp"
 #include "fleetdl/nn/model.hpp"
 
 #include <cerrno>
@@ -434,49 +435,17 @@ Result<ModelFile<S>> decode_model(const std::uint8_t* data, std::size_t size, co
   return ModelFile<S>{std::move(*model), std::move(meta), version};
 }
 
-/// Read a whole file, refusing sizes over `max_bytes` before reading.
+/// Read a model file's bytes (fleetdl::read_file), refusing sizes over
+/// `max_bytes` before reading. Every failure to open a model file, a missing
+/// one included, is an io_error.
 inline Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path,
                                                          std::uint64_t max_bytes = FLEETDL_MAX_MODEL_BYTES) {
-  // fopen succeeds on a directory and ftell may then report LLONG_MAX (ext4).
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) return make_error(Errc::io_error, path + ": is a directory");
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return make_error(Errc::io_error, path + ": cannot open (" + std::string(std::strerror(errno)) + ")");
-  struct Closer {
-    std::FILE* f;
-    ~Closer() { std::fclose(f); }
-  } closer{f};
-  if (std::fseek(f, 0, SEEK_END) != 0) return make_error(Errc::io_error, path + ": cannot seek");
-  const long sz = std::ftell(f);
-  if (sz < 0) return make_error(Errc::io_error, path + ": cannot tell size");
-  if (static_cast<std::uint64_t>(sz) > max_bytes)
-    return make_error(Errc::limit_exceeded, path + ": " + std::to_string(sz) + " bytes exceed the limit of " +
-                                                std::to_string(max_bytes));
-  std::rewind(f);
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(sz));
-  if (sz > 0 && std::fread(buf.data(), 1, buf.size(), f) != buf.size())
-    return make_error(Errc::io_error, path + ": short read");
-  return buf;
+  auto r = read_file(path, max_bytes);
+  if (!r && r.error().code == Errc::not_found) return make_error(Errc::io_error, r.error().message);
+  return r;
 }
 
-/// Write bytes atomically: to "<path>.tmp", flushed, then renamed over path.
-/// On failure nothing is left at path (an existing file stays untouched).
-inline Result<void> write_file_atomic(const std::string& path, const std::vector<std::uint8_t>& bytes) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return make_error(Errc::io_error, path + ": cannot create (" + std::string(std::strerror(errno)) + ")");
-  const bool ok = (bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size()) && std::fflush(f) == 0;
-  const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed) {
-    std::remove(tmp.c_str());
-    return make_error(Errc::io_error, path + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return make_error(Errc::io_error, path + ": cannot rename into place (" + std::string(std::strerror(errno)) + ")");
-  }
-  return success();
-}
+using fleetdl::write_file_atomic;
 
 template <class S>
 Result<void> save_model(const std::string& path, const nn::Model<S>& model, const Metadata& meta = {},

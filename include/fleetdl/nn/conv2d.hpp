@@ -134,7 +134,6 @@ class Conv2D final : public Node<S> {
     const int chunks = ctx.chunks(n);
     ensure_scratch(chunks);
     const Index np = param_count();
-    const Index nw = kdim() * o_.out_channels;
     const Index hwo = this->out_.spatial();
     const Index pcols = o_.in_channels * o_.kernel_h * o_.kernel_w;
     ConstMatrixMap<S> wt(w_, kdim(), o_.out_channels);
@@ -166,7 +165,6 @@ class Conv2D final : public Node<S> {
     });
     VectorMap<S> g(gw_, np);
     for (int c = 0; c < chunks; ++c) g += scratch_[static_cast<std::size_t>(c)].grad;
-    (void)nw;
   }
 
   void tensors(const std::string& path, std::vector<TensorRef<S>>& out) override {

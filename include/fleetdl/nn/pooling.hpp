@@ -25,28 +25,43 @@ inline Result<Shape> pool_shape(const Shape& in, Index k, Index s, Index p, cons
 }
 }  // namespace detail
 
+/// What MaxPool2D and AvgPool2D share: kernel, stride, padding, shape
+/// inference and the stored configuration.
 template <class S>
-class MaxPool2D final : public Node<S> {
+class Pool2D : public Node<S> {
  public:
-  explicit MaxPool2D(Index kernel, Index stride = 0, Index pad = 0)
-      : k_(kernel), s_(stride == 0 ? kernel : stride), p_(pad) {}
+  Index kernel() const { return k_; }
+  Index stride() const { return s_; }
+  Index padding() const { return p_; }
+
+  Result<Shape> build(const Shape& in) override {
+    auto r = detail::pool_shape(in, k_, s_, p_, this->type_name());
+    if (!r) return r;
+    this->in_ = in;
+    this->out_ = *r;
+    return r;
+  }
+  void save_config(ByteWriter& w) const override {
+    w.u32(static_cast<std::uint32_t>(k_));
+    w.u32(static_cast<std::uint32_t>(s_));
+    w.u32(static_cast<std::uint32_t>(p_));
+  }
+
+ protected:
+  Pool2D(Index kernel, Index stride, Index pad) : k_(kernel), s_(stride == 0 ? kernel : stride), p_(pad) {}
+  Index k_, s_, p_;
+};
+
+template <class S>
+class MaxPool2D final : public Pool2D<S> {
+ public:
+  explicit MaxPool2D(Index kernel, Index stride = 0, Index pad = 0) : Pool2D<S>(kernel, stride, pad) {}
   NodeKind kind() const override { return NodeKind::maxpool2d; }
   const char* type_name() const override { return "maxpool2d"; }
   NodePtr<S> clone() const override {
     auto c = std::make_unique<MaxPool2D>(*this);
     c->argmax_.clear();
     return c;
-  }
-  Index kernel() const { return k_; }
-  Index stride() const { return s_; }
-  Index padding() const { return p_; }
-
-  Result<Shape> build(const Shape& in) override {
-    auto r = detail::pool_shape(in, k_, s_, p_, "maxpool2d");
-    if (!r) return r;
-    this->in_ = in;
-    this->out_ = *r;
-    return r;
   }
 
   void forward(const Matrix<S>& x, Matrix<S>& y, ExecContext<S>& ctx) override {
@@ -108,12 +123,6 @@ class MaxPool2D final : public Node<S> {
     });
   }
 
-  void save_config(ByteWriter& w) const override {
-    w.u32(static_cast<std::uint32_t>(k_));
-    w.u32(static_cast<std::uint32_t>(s_));
-    w.u32(static_cast<std::uint32_t>(p_));
-  }
-
  private:
   /// The common 2x2 / stride 2 / no padding case without bounds checks.
   /// Same tie rule as the general path: the first maximum in scan order.
@@ -155,29 +164,19 @@ class MaxPool2D final : public Node<S> {
   }
 
  private:
-  Index k_, s_, p_;
+  using Pool2D<S>::k_;
+  using Pool2D<S>::s_;
+  using Pool2D<S>::p_;
   std::vector<std::int32_t> argmax_;
 };
 
 template <class S>
-class AvgPool2D final : public Node<S> {
+class AvgPool2D final : public Pool2D<S> {
  public:
-  explicit AvgPool2D(Index kernel, Index stride = 0, Index pad = 0)
-      : k_(kernel), s_(stride == 0 ? kernel : stride), p_(pad) {}
+  explicit AvgPool2D(Index kernel, Index stride = 0, Index pad = 0) : Pool2D<S>(kernel, stride, pad) {}
   NodeKind kind() const override { return NodeKind::avgpool2d; }
   const char* type_name() const override { return "avgpool2d"; }
   NodePtr<S> clone() const override { return std::make_unique<AvgPool2D>(*this); }
-  Index kernel() const { return k_; }
-  Index stride() const { return s_; }
-  Index padding() const { return p_; }
-
-  Result<Shape> build(const Shape& in) override {
-    auto r = detail::pool_shape(in, k_, s_, p_, "avgpool2d");
-    if (!r) return r;
-    this->in_ = in;
-    this->out_ = *r;
-    return r;
-  }
 
   void forward(const Matrix<S>& x, Matrix<S>& y, ExecContext<S>& ctx) override {
     const Index n = x.cols();
@@ -193,12 +192,6 @@ class AvgPool2D final : public Node<S> {
     dx->resize(this->in_.size(), n);
     const S inv = S(1) / static_cast<S>(k_ * k_);
     visit(ctx, n, [&](Index s, Index in_i, Index out_i) { (*dx)(in_i, s) += dy(out_i, s) * inv; }, dx);
-  }
-
-  void save_config(ByteWriter& w) const override {
-    w.u32(static_cast<std::uint32_t>(k_));
-    w.u32(static_cast<std::uint32_t>(s_));
-    w.u32(static_cast<std::uint32_t>(p_));
   }
 
  protected:
@@ -232,7 +225,9 @@ class AvgPool2D final : public Node<S> {
       }
     });
   }
-  Index k_, s_, p_;
+  using Pool2D<S>::k_;
+  using Pool2D<S>::s_;
+  using Pool2D<S>::p_;
 };
 
 template <class S>
