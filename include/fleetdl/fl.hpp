@@ -1,7 +1,7 @@
 // fleetdl/fl.hpp — umbrella for federated learning: the strategy interface,
 // FedAvg family, FedProx, FedOpt, SCAFFOLD, FedNova, q-FedAvg, FedBuff,
 // HeteroFL, robust aggregation, client selection, differential privacy and
-// update codecs. (The fleet simulator and `fleetdl fl simulate` are not built yet.)
+// update codecs. The fleet simulator is in fleetdl/sim.hpp.
 #pragma once
 
 #include "fleetdl/fl/strategy.hpp"

@@ -7,3 +7,4 @@
 #include "fleetdl/io.hpp"
 #include "fleetdl/nn.hpp"
 #include "fleetdl/fl.hpp"
+#include "fleetdl/sim.hpp"

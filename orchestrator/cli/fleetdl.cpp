@@ -5,6 +5,8 @@
 //                 [--train-limit N] --out m.fdl [--json]
 //   fleetdl eval  m.fdl --dataset fashion-mnist --threads T [--json]
 //   fleetdl info  (m.fdl | --model NAME) [--recurse] [--json]
+//   fleetdl fl simulate --config FILE [--json] [--threads T] [--data-dir DIR]
+//                 [--out m.fdl]   (schema: docs/fl-simulate.md)
 //
 // Errors: one line "fleetdl <cmd>: <what>" on stderr, exit 2 for usage errors
 // and 1 for runtime failures; nothing is written unless the command succeeds.
@@ -12,6 +14,7 @@
 #include "fleetdl/data.hpp"
 #include "fleetdl/io.hpp"
 #include "fleetdl/nn.hpp"
+#include "fleetdl/sim.hpp"
 
 #include <unistd.h>
 
@@ -26,6 +29,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -42,6 +46,7 @@ constexpr const char* kUsage =
     "  train   train a model on a dataset and save it (.fdl)\n"
     "  eval    evaluate a saved model: test accuracy and batch-1 latency\n"
     "  info    per-node table of parameters, MACs and activation bytes\n"
+    "  fl simulate  run a federated-learning experiment on a simulated fleet\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -67,7 +72,11 @@ constexpr const char* kUsage =
     "\n"
     "eval options: MODEL.fdl --dataset NAME --data-dir DIR --threads T --test-limit N\n"
     "              --latency-runs N (default 200) --json\n"
-    "info options: (MODEL.fdl | --model NAME) --recurse --json\n";
+    "info options: (MODEL.fdl | --model NAME) --recurse --json\n"
+    "fl simulate options: --config FILE (JSON, schema in docs/fl-simulate.md)\n"
+    "              --json (one JSON object per round, then a summary)\n"
+    "              --threads T (overrides the config) --data-dir DIR --out FILE (final model)\n"
+    "              --no-progress\n";
 
 struct UsageError {
   std::string msg;
@@ -455,6 +464,130 @@ int cmd_info(int argc, char** argv) {
   return 0;
 }
 
+int cmd_fl(int argc, char** argv) {
+  namespace sim = fleetdl::sim;
+  if (argc < 1 || std::string(argv[0]) != "simulate")
+    throw UsageError{argc < 1 ? "missing subcommand (known: simulate)"
+                              : "unknown subcommand '" + std::string(argv[0]) + "' (known: simulate)"};
+  const std::string cmd = "fl simulate";
+  Args a(cmd, argc - 1, argv + 1, {"--config", "--threads", "--data-dir", "--out"}, {"--json", "--no-progress"});
+  if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
+  if (!a.has("--config")) throw UsageError{"--config FILE is required"};
+  const std::string path = a.str("--config", "");
+  const bool json = a.has("--json");
+
+  auto doc = fleetdl::json::parse_file(path);
+  if (!doc) return fail(cmd, doc.error().message, 2);
+  auto cfg_r = sim::parse_config(*doc);
+  if (!cfg_r) return fail(cmd, path + ": " + cfg_r.error().message, 2);
+  sim::SimConfig cfg = std::move(*cfg_r);
+  if (a.has("--threads")) cfg.threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
+  if (a.has("--data-dir")) cfg.dataset_dir = a.str("--data-dir", cfg.dataset_dir);
+  if (cfg.threads == 0) cfg.threads = std::max(1, std::min<int>(FLEETDL_MAX_THREADS, static_cast<int>(std::thread::hardware_concurrency())));
+  const std::string out = a.str("--out", "");
+
+  auto train = data::load_fashion_mnist<float>(cfg.dataset_dir, true, cfg.train_limit);
+  if (!train) return fail(cmd, train.error().message);
+  auto test = data::load_fashion_mnist<float>(cfg.dataset_dir, false, cfg.test_limit);
+  if (!test) return fail(cmd, test.error().message);
+  auto parts = sim::make_partition(cfg, train->labels, train->classes);
+  if (!parts) return fail(cmd, path + ": " + parts.error().message, 2);
+  auto model = nn::make_model<float>(cfg.model, train->shape, train->classes);
+  if (!model) return fail(cmd, model.error().message);
+  model->init(fleetdl::Rng(cfg.seed).fork(0x1417).next_u64());
+  auto bundle = sim::make_strategy<float>(cfg);
+  if (!bundle) return fail(cmd, path + ": " + bundle.error().message, 2);
+  const std::string strategy_name = bundle->strategy->name();
+  std::vector<sim::DeviceProfile> profiles = cfg.profiles;
+  if (profiles.empty()) profiles.push_back(sim::DeviceProfile{});
+  fleetdl::ThreadPool pool(cfg.threads);
+  auto simr = sim::Simulator<float>::create(std::move(*model), std::move(*bundle), *train, *test, std::move(*parts),
+                                             profiles, cfg.sim, &pool);
+  if (!simr) return fail(cmd, path + ": " + simr.error().message, 2);
+  auto& s = *simr;
+  if (s.eligible_clients() == 0)
+    return fail(cmd, path + ": no device can train " + cfg.model + ": it needs " + num(s.training_memory()) +
+                         " bytes of memory, more than every profile's memory_bytes");
+
+  ProgressBar bar(!a.has("--no-progress"));
+  s.on_client_trained([&](long r, Index done, Index total) {
+    bar.draw("round " + std::to_string(r) + "/" + std::to_string(cfg.sim.rounds), done, total,
+             std::to_string(done) + "/" + std::to_string(total) + " clients");
+  });
+  if (!json)
+    std::printf("%s on %s: %lld clients (%lld eligible), %s partition, %d rounds, %d threads, %.0f bytes per client\n",
+                strategy_name.c_str(), cfg.model.c_str(), static_cast<long long>(s.clients()),
+                static_cast<long long>(s.eligible_clients()), cfg.partition.kind.c_str(), cfg.sim.rounds, cfg.threads,
+                s.bytes_per_client());
+  double best = -1, last = std::numeric_limits<double>::quiet_NaN(), wall = 0, bytes_up = 0, bytes_down = 0,
+         energy = 0;
+  long best_round = 0;
+  auto rec_json = [&](const sim::RoundRecord& r) {
+    std::ostringstream o;
+    o << "{\"round\":" << r.round << ",\"status\":\"" << sim::to_string(r.status) << "\""
+      << ",\"accuracy\":" << json_num(r.accuracy) << ",\"loss\":" << json_num(r.loss)
+      << ",\"train_loss\":" << json_num(r.train_loss) << ",\"available\":" << r.available
+      << ",\"selected\":" << r.selected << ",\"participated\":" << r.participated << ",\"dropped\":" << r.dropped
+      << ",\"stragglers\":" << r.stragglers << ",\"required\":" << r.required
+      << ",\"bytes_up\":" << fleetdl::json::number(r.bytes_up) << ",\"bytes_down\":" << fleetdl::json::number(r.bytes_down)
+      << ",\"round_seconds\":" << json_num(r.round_seconds) << ",\"clock_seconds\":" << json_num(r.clock_seconds)
+      << ",\"energy_joules\":" << json_num(r.energy_joules) << ",\"epsilon\":" << json_num(r.epsilon)
+      << ",\"wall_seconds\":" << json_num(r.wall_seconds) << "}";
+    return o.str();
+  };
+  auto done = s.run([&](const sim::RoundRecord& r) {
+    wall += r.wall_seconds;
+    bytes_up += r.bytes_up;
+    bytes_down += r.bytes_down;
+    energy += r.energy_joules;
+    if (std::isfinite(r.accuracy)) {
+      last = r.accuracy;
+      if (r.accuracy > best) {
+        best = r.accuracy;
+        best_round = r.round;
+      }
+    }
+    if (json) {
+      std::printf("%s\n", rec_json(r).c_str());
+    } else {
+      std::printf("round %ld/%d %s: accuracy %s, loss %s, %lld/%lld clients (%lld dropped, %lld late), up %s B, "
+                  "down %s B, %s s simulated, %s J%s\n",
+                  r.round, cfg.sim.rounds, sim::to_string(r.status), std::isfinite(r.accuracy) ? num(r.accuracy).c_str() : "-",
+                  std::isfinite(r.loss) ? num(r.loss).c_str() : "-", static_cast<long long>(r.participated),
+                  static_cast<long long>(r.selected), static_cast<long long>(r.dropped),
+                  static_cast<long long>(r.stragglers), num(r.bytes_up).c_str(), num(r.bytes_down).c_str(),
+                  num(r.round_seconds).c_str(), num(r.energy_joules).c_str(),
+                  std::isfinite(r.epsilon) ? (", epsilon " + num(r.epsilon)).c_str() : "");
+    }
+    std::fflush(stdout);
+  });
+  if (!done) return fail(cmd, "round " + std::to_string(s.round() + 1) + ": " + done.error().message);
+  if (!out.empty()) {
+    io::Metadata meta = {{"model", cfg.model}, {"strategy", strategy_name}, {"rounds", std::to_string(cfg.sim.rounds)},
+                         {"seed", std::to_string(cfg.seed)}, {"test_accuracy", num(last)}};
+    auto saved = io::save_model(out, s.model(), meta);
+    if (!saved) return fail(cmd, saved.error().message);
+  }
+  if (json) {
+    std::ostringstream o;
+    o << "{\"summary\":true,\"strategy\":\"" << json_escape(strategy_name) << "\",\"model\":\"" << json_escape(cfg.model)
+      << "\",\"clients\":" << s.clients() << ",\"eligible_clients\":" << s.eligible_clients()
+      << ",\"rounds\":" << cfg.sim.rounds << ",\"completed_rounds\":" << s.completed_rounds()
+      << ",\"abandoned_rounds\":" << s.abandoned_rounds() << ",\"best_accuracy\":" << json_num(best < 0 ? NAN : best)
+      << ",\"best_round\":" << best_round << ",\"last_accuracy\":" << json_num(last)
+      << ",\"bytes_up\":" << fleetdl::json::number(bytes_up) << ",\"bytes_down\":" << fleetdl::json::number(bytes_down)
+      << ",\"energy_joules\":" << json_num(energy) << ",\"clock_seconds\":" << json_num(s.clock_seconds())
+      << ",\"wall_seconds\":" << json_num(wall) << ",\"bytes_per_client\":" << json_num(s.bytes_per_client())
+      << ",\"training_memory_bytes\":" << json_num(s.training_memory()) << ",\"threads\":" << cfg.threads << "}";
+    std::printf("%s\n", o.str().c_str());
+  } else {
+    std::printf("best accuracy %s (round %ld), last %s; %ld completed, %ld abandoned; %.1f s wall, %s s simulated\n",
+                num(best).c_str(), best_round, num(last).c_str(), s.completed_rounds(), s.abandoned_rounds(), wall,
+                num(s.clock_seconds()).c_str());
+  }
+  return 0;
+}
+
 /// Flush stdout and turn a write error (full disk, closed file) into a failure,
 /// so that output that never arrived does not pass as success.
 int finish(const std::string& cmd, int rc) {
@@ -482,6 +615,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return finish(cmd, cmd_train(argc - 2, argv + 2));
     if (cmd == "eval") return finish(cmd, cmd_eval(argc - 2, argv + 2));
     if (cmd == "info") return finish(cmd, cmd_info(argc - 2, argv + 2));
+    if (cmd == "fl") return finish(cmd, cmd_fl(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     return fail(cmd, e.msg + " (see fleetdl --help)", 2);
   }

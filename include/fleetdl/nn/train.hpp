@@ -80,10 +80,15 @@ Index count_correct(const Matrix<S>& logits, const std::vector<std::uint8_t>& y)
 }  // namespace detail
 
 /// Train a classifier with softmax cross-entropy. x: one sample per column.
+/// `before_step`, when set, runs after every backward pass and before the
+/// optimizer step with the model (params() and grads() both valid): the hook
+/// federated clients use to add FedProx's proximal gradient or SCAFFOLD's
+/// control-variate correction to the gradients.
 template <class S>
 TrainReport train_classifier(Model<S>& model, Optimizer<S>& opt, const Matrix<S>& x,
                              const std::vector<std::uint8_t>& y, const TrainOptions& o, ThreadPool* pool = nullptr,
-                             const TrainCallbacks& cb = {}) {
+                             const TrainCallbacks& cb = {},
+                             const std::function<void(Model<S>&)>& before_step = {}) {
   FLEETDL_ASSERT(x.cols() == static_cast<Index>(y.size()), "train_classifier: one label per sample");
   FLEETDL_ASSERT(o.batch > 0, "train_classifier: batch must be > 0");
   Rng order_rng(o.seed);
@@ -112,6 +117,7 @@ TrainReport train_classifier(Model<S>& model, Optimizer<S>& opt, const Matrix<S>
       correct += detail::count_correct(logits, yb);
       model.zero_grad();
       model.backward(grad, ctx);
+      if (before_step) before_step(model);
       opt.step(model.params(), std::as_const(model).grads());
       loss_sum += l * static_cast<double>(e - b);
       if (cb.on_batch) cb.on_batch({ep, o.epochs, bi + 1, batches, loss_sum / static_cast<double>(e), opt.lr()});
