@@ -20,6 +20,19 @@ the test cases, one meson test each (tests/cli/meson.build):
               (FLEETDL_FASHION_MNIST_DIR, default /usr/share/datasets/fashion-mnist),
               accuracy floor, JSON fields, determinism. Exits 77 (skipped) when
               the dataset is not installed.
+  fl-bad-config
+              `fl simulate` on invalid configs, each the valid FL_BASE with one
+              edit (bad values, cross-key rules such as Krum's n > 2f + 2,
+              missing required keys, unknown keys, wrong types, malformed and
+              oversized JSON, missing / directory / unreadable config files),
+              usage errors, unreadable datasets and --out. Exit 2 for the
+              config and usage errors, 1 for runtime ones; the line names the
+              config, the key and the rule. Crafted dataset only.
+  fl-simulate `fl simulate` on the real Fashion-MNIST (skipped, 77, without it):
+              JSON records and their invariants, determinism across runs and
+              thread counts, the seed, DP epsilon, abandoned rounds, --out read
+              back by eval / info, text output, the progress bar only on a
+              terminal, partitions the data cannot give.
 
 Every failing command must: exit with the expected code, print nothing on
 stdout, print exactly one line on stderr that starts with "fleetdl <cmd>: "
@@ -30,15 +43,18 @@ file in the test's temp directory is created, changed or removed.
 Python 3 standard library only. Each test case uses its own temp directory.
 """
 
+import copy
 import gzip
 import hashlib
 import json
+import math
 import os
 import random
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import zlib
 
@@ -162,11 +178,12 @@ class CliTestCase(unittest.TestCase):
         self.assertEqual(p.stdout.count("\n"), 1, "JSON output is not one line:" + describe(args, p))
         return obj
 
-    def check_error(self, args, code, cmd, needles, out=None):
+    def check_error(self, args, code, cmd, needles, out=None, prefix=None):
         """Run a command that must fail, once per --out state (absent, then
         pre-existing with sentinel bytes when `out` is given). `needles` must
         all occur in the one stderr line (words compared case-insensitively,
-        anything containing '/' exactly)."""
+        anything containing '/' exactly). The line starts with `prefix`, by
+        default "fleetdl <cmd>: "."""
         states = [False, True] if out else [False]
         for preexisting in states:
             with self.subTest(out_preexisting=preexisting):
@@ -184,7 +201,8 @@ class CliTestCase(unittest.TestCase):
                 self.assertTrue(p.stderr.endswith("\n") and p.stderr.count("\n") == 1,
                                 "stderr is not exactly one line:" + what)
                 line = p.stderr.rstrip("\n")
-                prefix = "fleetdl %s: " % cmd if cmd else "fleetdl: "
+                if prefix is None:
+                    prefix = "fleetdl %s: " % cmd if cmd else "fleetdl: "
                 self.assertTrue(line.startswith(prefix), "stderr does not start with %r:%s" % (prefix, what))
                 for n in needles:
                     if "/" in n:
@@ -641,6 +659,744 @@ class TrainEval(CliTestCase):
         self.assertEqual(len(da), len(dc))
 
 
+# ------------------------------------------------------------ fl simulate
+
+# The fields of a round record (sim::RoundRecord, docs/fl-simulate.md).
+FL_RECORD_KEYS = {"round", "status", "accuracy", "loss", "train_loss", "available", "selected", "participated",
+                  "dropped", "stragglers", "required", "bytes_up", "bytes_down", "round_seconds", "clock_seconds",
+                  "energy_joules", "epsilon", "wall_seconds"}
+
+DELETE = object()  # an edit that removes the key
+
+
+def edited(base, edits):
+    """A deep copy of config `base` with `edits` applied: (dotted key, value)
+    sets the key, creating missing objects on the way; (dotted key, DELETE)
+    removes it."""
+    cfg = copy.deepcopy(base)
+    for key, value in edits:
+        *parents, last = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.setdefault(k, {})
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return cfg
+
+
+def fl_records(p):
+    """The JSON lines of `fl simulate --json`: (round records, summary)."""
+    lines = [strict_json(line) for line in p.stdout.splitlines()]
+    return lines[:-1], lines[-1]
+
+
+def without(obj, *keys):
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+# A valid config (checked by test_base_config_runs): every bad-config case
+# differs from it by one edit, so each error is that edit's. setUp points
+# dataset.dir at a small crafted dataset: a case the CLI wrongly accepted
+# would run (in about a second), exit 0 and write --out, and fail.
+FL_BASE = {
+    "seed": 1,
+    "rounds": 2,
+    "clients": 10,
+    "model": "cnn1",
+    "partition": {"kind": "iid"},
+    "client": {"lr": 0.05, "epochs": 1, "batch": 32},
+    "strategy": {"name": "fedavg"},
+}
+
+# (case, edits, key named first in the error, needles of the rule)
+FL_BAD_VALUES = [
+    ("lr_negative", [("client.lr", -0.1)], "client.lr", ["must be a finite number > 0", "(got -0.1)"]),
+    ("lr_zero", [("client.lr", 0)], "client.lr", ["must be a finite number > 0", "(got 0)"]),
+    ("rounds_zero", [("rounds", 0)], "rounds", ["must be an integer in [1, 1000000]", "(got 0)"]),
+    ("clients_zero", [("clients", 0)], "clients", ["must be an integer in [1, 1000000]", "(got 0)"]),
+    ("seed_negative", [("seed", -1)], "seed", ["must be an integer in [0, ", "(got -1)"]),
+    ("threads_too_many", [("threads", 100000)], "threads", ["must be an integer in [0, ", "(got 100000)"]),
+    ("eval_every_zero", [("eval_every", 0)], "eval_every", ["must be an integer in [1, ", "(got 0)"]),
+    ("epochs_zero", [("client.epochs", 0)], "client.epochs", ["must be an integer in [1, ", "(got 0)"]),
+    ("batch_negative", [("client.batch", -32)], "client.batch", ["must be an integer in [1, ", "(got -32)"]),
+    ("momentum_one", [("client.momentum", 1.0)], "client.momentum", ["must be in [0, 1)", "(got 1)"]),
+    ("momentum_negative", [("client.momentum", -0.5)], "client.momentum", ["must be in [0, 1)", "(got -0.5)"]),
+    ("unknown_model", [("model", "resnet50")], "model", ["unknown value 'resnet50'", "known:", "cnn1"]),
+    ("unknown_strategy", [("strategy.name", "fedsgd")], "strategy.name",
+     ["unknown value 'fedsgd'", "known:", "fedavg", "bulyan"]),
+    ("unknown_partition", [("partition.kind", "random")], "partition.kind", ["unknown value 'random'", "dirichlet"]),
+    ("dirichlet_alpha_zero", [("partition", {"kind": "dirichlet", "alpha": 0})], "partition.alpha",
+     ["must be a finite number > 0", "(got 0)"]),
+    ("dirichlet_alpha_negative", [("partition", {"kind": "dirichlet", "alpha": -1})], "partition.alpha",
+     ["must be a finite number > 0", "(got -1)"]),
+    ("dirichlet_without_alpha", [("partition", {"kind": "dirichlet"})], "partition.alpha",
+     ["required key is missing"]),
+    ("dirichlet_min_size_negative", [("partition", {"kind": "dirichlet", "alpha": 0.5, "min_size": -1})],
+     "partition.min_size", ["must be an integer in [0, ", "(got -1)"]),
+    ("shards_per_client_zero", [("partition", {"kind": "shards", "shards_per_client": 0})],
+     "partition.shards_per_client", ["must be an integer in [1, ", "(got 0)"]),
+    ("fedprox_mu_negative", [("strategy", {"name": "fedprox", "proximal_mu": -0.01})], "strategy.proximal_mu",
+     ["must be a finite number >= 0", "(got -0.01)"]),
+    ("fedtrimmedavg_beta_half", [("strategy", {"name": "fedtrimmedavg", "beta": 0.5})], "strategy.beta",
+     ["must be in (0, 0.5)", "(got 0.5)"]),
+    ("unknown_dataset", [("dataset.name", "mnist")], "dataset.name", ["unknown value 'mnist'", "fashion-mnist"]),
+    # profiles
+    ("profile_dropout_above_one", [("profiles", [{"dropout": 1.5}])], "profiles[0].dropout",
+     ["must be in [0, 1]", "(got 1.5)"]),
+    ("profile_availability_negative", [("profiles", [{"availability": -0.1}])], "profiles[0].availability",
+     ["must be in [0, 1]", "(got -0.1)"]),
+    ("profile_speed_jitter_one", [("profiles", [{"speed_jitter": 1}])], "profiles[0].speed_jitter",
+     ["must be in [0, 1)", "(got 1)"]),
+    ("profile_straggler_slowdown_half", [("profiles", [{"straggler_slowdown": 0.5}])],
+     "profiles[0].straggler_slowdown", ["must be a finite number >= 1", "(got 0.5)"]),
+    ("profile_macs_per_second_negative", [("profiles", [{"macs_per_second": -5}])], "profiles[0].macs_per_second",
+     ["must be a finite number > 0", "(got -5)"]),
+    ("profile_weight_zero", [("profiles", [{"weight": 0}])], "profiles[0].weight",
+     ["must be a finite number > 0", "(got 0)"]),
+    ("second_profile_bad", [("profiles", [{"name": "fast"}, {"name": "slow", "straggler_probability": 2}])],
+     "profiles[1].straggler_probability", ["must be in [0, 1]", "(got 2)"]),
+    ("profiles_empty", [("profiles", [])], "profiles", ["at least one"]),
+    ("profiles_too_many", [("profiles", [{}] * 257)], "profiles", ["at most 256"]),
+    # selection
+    ("clients_per_round_above_clients", [("selection", {"clients_per_round": 11})], "selection.clients_per_round",
+     ["must be at most clients (10)", "(got 11)"]),
+    ("min_clients_above_per_round", [("selection", {"clients_per_round": 5, "min_clients": 6})],
+     "selection.min_clients", ["must be at most the clients per round (5)", "(got 6)"]),
+    ("min_clients_above_clients", [("selection", {"min_clients": 11})], "selection.min_clients",
+     ["must be at most the clients per round (10)", "(got 11)"]),
+    ("min_clients_zero", [("selection", {"min_clients": 0})], "selection.min_clients",
+     ["must be an integer in [1, ", "(got 0)"]),
+    ("deadline_policy_without_deadline", [("selection", {"policy": "deadline"})], "selection.deadline_seconds",
+     ["deadline policy needs a deadline > 0"]),
+    ("deadline_negative", [("selection", {"deadline_seconds": -1})], "selection.deadline_seconds",
+     ["must be a finite number >= 0", "(got -1)"]),
+    ("overcommit_below_one", [("selection", {"policy": "overcommit", "overcommit": 0.9})], "selection.overcommit",
+     ["must be a finite number >= 1", "(got 0.9)"]),
+    ("unknown_selection_policy", [("selection", {"policy": "random"})], "selection.policy",
+     ["unknown value 'random'", "uniform"]),
+    # dp
+    ("dp_fixed_without_noise_multiplier", [("dp", {"mode": "fixed", "clipping_norm": 1.0})], "dp.noise_multiplier",
+     ["required key is missing"]),
+    ("dp_fixed_without_clipping_norm", [("dp", {"mode": "fixed", "noise_multiplier": 1.0})], "dp.clipping_norm",
+     ["required key is missing"]),
+    ("dp_delta_one", [("dp", {"mode": "fixed", "noise_multiplier": 1.0, "clipping_norm": 1.0, "delta": 1})],
+     "dp.delta", ["must be in (0, 1)", "(got 1)"]),
+    ("dp_noise_negative", [("dp", {"mode": "local", "noise_multiplier": -1, "clipping_norm": 1.0})],
+     "dp.noise_multiplier", ["must be a finite number >= 0", "(got -1)"]),
+    ("dp_unknown_mode", [("dp", {"mode": "central"})], "dp.mode", ["unknown value 'central'", "fixed"]),
+    # attack, codec
+    ("attack_fraction_one", [("attack", {"kind": "sign_flip", "fraction": 1.0})], "attack.fraction",
+     ["must be in [0, 1)", "(got 1)"]),
+    ("attack_without_fraction", [("attack", {"kind": "gaussian"})], "attack.fraction", ["required key is missing"]),
+    ("unknown_attack", [("attack", {"kind": "backdoor", "fraction": 0.1})], "attack.kind",
+     ["unknown value 'backdoor'"]),
+    ("topk_fraction_zero", [("codec", {"kind": "topk", "topk_fraction": 0})], "codec.topk_fraction",
+     ["must be in (0, 1]", "(got 0)"]),
+    ("topk_fraction_above_one", [("codec", {"kind": "topk", "topk_fraction": 1.5})], "codec.topk_fraction",
+     ["must be in (0, 1]", "(got 1.5)"]),
+    ("unknown_codec", [("codec", {"kind": "zstd"})], "codec.kind", ["unknown value 'zstd'", "known:", "topk"]),
+]
+
+# Rules across keys; n is the clients per round (selection.clients_per_round, or clients).
+FL_BAD_CROSS_KEY = [
+    ("krum_f_too_large", [("strategy", {"name": "krum", "f": 4})], "strategy.f",
+     ["4 Byzantine clients is too many for krum with 10 clients per round", "n > 2f + 2"]),
+    ("krum_f_too_large_per_round", [("strategy", {"name": "krum", "f": 2}), ("selection.clients_per_round", 6)],
+     "strategy.f", ["too many for krum with 6 clients per round", "n > 2f + 2"]),
+    ("multikrum_f_too_large", [("strategy", {"name": "multikrum", "f": 4})], "strategy.f",
+     ["too many for multikrum with 10 clients per round", "n > 2f + 2"]),
+    ("multikrum_m_too_large", [("strategy", {"name": "multikrum", "f": 3, "m": 8})], "strategy.m",
+     ["must be at most n - f = 7", "(got 8)"]),
+    ("bulyan_f_too_large", [("strategy", {"name": "bulyan", "f": 2})], "strategy.f",
+     ["2 Byzantine clients is too many for bulyan with 10 clients per round", "n >= 4f + 3"]),
+    ("fedmedian_f_too_large", [("strategy", {"name": "fedmedian", "f": 5})], "strategy.f",
+     ["5 Byzantine clients is too many for fedmedian", "f < n/2"]),
+    ("fedtrimmedavg_f_too_large", [("strategy", {"name": "fedtrimmedavg", "beta": 0.2, "f": 3})], "strategy.f",
+     ["too many for fedtrimmedavg", "floor(beta n) >= f"]),
+    ("central_dp_around_scaffold",
+     [("strategy", {"name": "scaffold"}), ("dp", {"mode": "fixed", "noise_multiplier": 1.0, "clipping_norm": 1.0})],
+     "dp.mode", ["not supported around scaffold"]),
+]
+
+# Each required key, removed.
+FL_REQUIRED_KEYS = ["rounds", "clients", "model", "partition", "partition.kind", "client", "client.lr",
+                    "client.epochs", "client.batch", "strategy", "strategy.name"]
+
+FL_UNKNOWN_KEYS = [
+    ("unknown_top_level_key", [("roundz", 3)], "roundz", ["unknown key", "known:", "rounds"]),
+    ("unknown_nested_key", [("client.lrr", 0.1)], "client.lrr", ["unknown key", "known:", "lr"]),
+    ("typo_in_strategy", [("strategy.nmae", "fedavg")], "strategy.nmae", ["unknown key", "known:", "name"]),
+    ("typo_in_profile", [("profiles", [{"dropuot": 0.1}])], "profiles[0].dropuot", ["unknown key", "dropout"]),
+    ("typo_in_dataset", [("dataset.train_limt", 100)], "dataset.train_limt", ["unknown key", "train_limit"]),
+    # a key read only for other strategies / modes is unknown here
+    ("key_of_another_strategy", [("strategy.proximal_mu", 0.1)], "strategy.proximal_mu", ["unknown key"]),
+    ("f_for_fedavg", [("strategy.f", 1)], "strategy.f", ["unknown key"]),
+    ("dp_key_without_mode", [("dp", {"noise_multiplier": 1.0})], "dp.noise_multiplier", ["unknown key"]),
+    ("alpha_for_iid", [("partition.alpha", 0.5)], "partition.alpha", ["unknown key"]),
+]
+
+FL_BAD_TYPES = [
+    ("string_for_integer", [("rounds", "3")], "rounds", ["must be an integer"]),
+    ("float_for_integer", [("rounds", 2.5)], "rounds", ["must be an integer"]),
+    ("float_for_integer_nested", [("client.batch", 32.5)], "client.batch", ["must be an integer"]),
+    ("huge_integer", [("clients", 10 ** 20)], "clients", ["must be an integer"]),
+    ("string_for_number", [("client.lr", "0.1")], "client.lr", ["must be a number"]),
+    ("null_for_number", [("client.lr", None)], "client.lr", ["must be a number"]),
+    ("bool_for_number", [("client.lr", True)], "client.lr", ["must be a number"]),
+    ("number_for_string", [("model", 5)], "model", ["must be a string"]),
+    ("string_for_bool", [("client_parallel", "yes")], "client_parallel", ["must be true or false"]),
+    ("array_for_object", [("client", [0.05, 1, 32])], "client", ["must be a JSON object"]),
+    ("string_for_object", [("strategy", "fedavg")], "strategy", ["must be a JSON object"]),
+    ("null_for_object", [("partition", None)], "partition", ["must be a JSON object"]),
+    ("object_for_array", [("profiles", {"dropout": 0.1})], "profiles", ["must be an array"]),
+    ("number_in_profiles", [("profiles", [1])], "profiles[0]", ["must be a JSON object"]),
+]
+
+# dataset.train_limit / test_limit: -1 means all; 0 images cannot run, and
+# must be refused as a config error naming the key, as --train-limit 0 is
+# for `fleetdl train`. (At commit c479635 0 is accepted, and the run then
+# fails later with "partition: partition_iid: 10 clients but only 0 samples"
+# or "simulator: empty train or test set", naming no key.)
+FL_BAD_LIMITS = [
+    ("train_limit_zero", [("dataset.train_limit", 0)], "dataset.train_limit", ["(got 0)"]),
+    ("test_limit_zero", [("dataset.test_limit", 0)], "dataset.test_limit", ["(got 0)"]),
+    ("train_limit_minus_two", [("dataset.train_limit", -2)], "dataset.train_limit", ["(got -2)"]),
+]
+
+
+class FlTestCase(CliTestCase):
+    def write_config(self, cfg, name="config.json"):
+        """cfg: a dict (written as JSON), str or bytes (written as is)."""
+        if isinstance(cfg, dict):
+            cfg = json.dumps(cfg, indent=2)
+        if isinstance(cfg, str):
+            cfg = cfg.encode("utf-8")
+        path = self.path(name)
+        with open(path, "wb") as fh:
+            fh.write(cfg)
+        return path
+
+    def check_fl_error(self, config, key, needles, code=2, extra=(), out=True, prefix=None):
+        """`fl simulate --config config` fails with `code`, one stderr line
+        "fleetdl fl simulate: CONFIG: KEY: ..." holding `needles`, and writes
+        nothing (--out absent, then pre-existing). key None: any message
+        after the config path. `prefix` replaces "fleetdl fl simulate: CONFIG: ..."."""
+        args = ["fl", "simulate", "--config", config, "--no-progress"] + list(extra)
+        out_path = None
+        if out:
+            out_path = self.path("out.fdl")
+            args += ["--out", out_path]
+        if prefix is None:
+            prefix = "fleetdl fl simulate: %s: %s" % (config, key + ": " if key else "")
+        self.check_error(args, code, "fl simulate", needles, out=out_path, prefix=prefix)
+
+
+class FlBadConfig(FlTestCase):
+    """`fleetdl fl simulate` on invalid configs: exit 2, nothing on stdout,
+    one stderr line naming the config, the key and the rule, no --out. The
+    config is validated before the dataset is read, so most cases need no
+    data; the dataset is a small crafted one (the base config runs on it)."""
+
+    def setUp(self):
+        super().setUp()
+        self.data = write_dataset(self.path("data"))
+        self.base = edited(FL_BASE, [("dataset.dir", self.data)])
+
+    def check_table(self, table):
+        for name, edits, key, needles in table:
+            with self.subTest(case=name):
+                cfg = self.write_config(edited(self.base, edits), name + ".json")
+                self.check_fl_error(cfg, key, needles)
+
+    def test_base_config_runs(self):
+        """The base of every case is valid: it runs and writes --out. A UTF-8
+        byte order mark is allowed (docs/fl-simulate.md)."""
+        for name, text in (("base", json.dumps(self.base)), ("bom", "\ufeff" + json.dumps(self.base))):
+            with self.subTest(config=name):
+                cfg = self.write_config(text, name + ".json")
+                out = self.path(name + ".fdl")
+                args = ["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--threads", "1", "--out", out]
+                p = self.check_ok(args)
+                records, summary = fl_records(p)
+                self.assertEqual([r["round"] for r in records], [1, 2], describe(args, p))
+                self.assertIs(summary.get("summary"), True)
+                self.assertEqual(summary["clients"], 10)
+                self.assertTrue(os.path.isfile(out))
+                self.assertEqual(p.stderr, "")
+
+    def test_bad_values(self):
+        self.check_table(FL_BAD_VALUES)
+
+    def test_cross_key_rules(self):
+        self.check_table(FL_BAD_CROSS_KEY)
+
+    def test_required_keys(self):
+        self.check_table([("missing_" + k, [(k, DELETE)], k, ["required key is missing"]) for k in FL_REQUIRED_KEYS])
+
+    def test_unknown_keys(self):
+        self.check_table(FL_UNKNOWN_KEYS)
+
+    def test_wrong_types(self):
+        self.check_table(FL_BAD_TYPES)
+        cfg = self.write_config("[]", "array.json")
+        self.check_fl_error(cfg, "config", ["must be a JSON object"])
+
+    def test_dataset_limits(self):
+        """Fails at commit c479635: 0 images is accepted (see FL_BAD_LIMITS)."""
+        self.check_table(FL_BAD_LIMITS)
+
+    def test_malformed_json(self):
+        text = json.dumps(self.base, indent=2)
+        assert text.endswith("\n}") and '"lr": 0.05' in text and '"model": "cnn1"' in text
+        cases = [
+            ("trailing_comma", text[:-2] + ",\n}", ["line", "column", "trailing comma"]),
+            ("trailing_comma_array", text[:-2] + ',\n  "profiles": [{},]\n}', ["trailing comma before ']'"]),
+            ("line_comment", "// fleet config\n" + text, ["line 1, column 1", "comments are not allowed"]),
+            ("block_comment", "{ /* fleet */" + text[1:], ["line 1, column 3", "comments are not allowed"]),
+            ("truncated", text[: len(text) // 2], ["line", "column"]),
+            ("truncated_after_brace", "{", ["line 1, column 2"]),
+            ("empty", "", ["empty input"]),
+            ("whitespace_only", " \n\t\r\n", ["empty input"]),
+            ("binary_garbage", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+             ["line 1, column 1", "invalid UTF-8 byte 0x89"]),
+            ("nul_bytes", bytes(64), ["line 1, column 1", "U+0000"]),
+            ("invalid_utf8_in_string", text.encode().replace(b'"cnn1"', b'"cnn1\xff"'), ["invalid UTF-8"]),
+            ("duplicate_key", '{"rounds": 5,' + text[1:], ["duplicate key", "rounds"]),
+            ("nan", text.replace('"lr": 0.05', '"lr": NaN'), ["line", "column", "NaN"]),
+            ("single_quotes", "{'rounds': 2}", ["line 1, column 2", "double quotes"]),
+            ("two_documents", text + "\n" + text, ["trailing data"]),
+            ("deep_nesting", "[" * 100000, ["nesting deeper than 64"]),
+        ]
+        for name, blob, needles in cases:
+            with self.subTest(case=name):
+                cfg = self.write_config(blob, name + ".json")
+                self.check_fl_error(cfg, None, needles)
+
+    def test_oversized_config(self):
+        """A 30 MB file is refused by its size (16 MiB limit) before it is
+        read, and an endless stream once 16 MiB have been read; neither
+        hangs."""
+        big = self.path("big.json")
+        with open(big, "wb") as fh:
+            fh.write(b"{" + b" " * (30 * 10 ** 6 - 2) + b"}")
+        for cfg, needles in ((big, ["file is 30000000 bytes", "above the limit 16777216"]),
+                             ("/dev/zero", ["above the limit 16777216"])):
+            if not os.path.exists(cfg):
+                continue
+            with self.subTest(config=cfg):
+                t0 = time.monotonic()
+                self.check_fl_error(cfg, None, needles, out=False)
+                self.assertLess(time.monotonic() - t0, 30, "the size limit took too long")
+
+    def test_config_file_errors(self):
+        """A missing, a directory or an unreadable config: exit 2, like any config error."""
+        missing = self.path("nosuch.json")
+        self.check_fl_error(missing, None, ["cannot open", "No such file"])
+        adir = self.path("adir")
+        os.makedirs(adir)
+        self.check_fl_error(adir, None, ["is a directory"])
+        if os.geteuid() != 0:  # root reads a mode-000 file anyway
+            locked = self.write_config(self.base, "locked.json")
+            os.chmod(locked, 0)
+            try:
+                self.check_fl_error(locked, None, ["cannot open", "Permission denied"])
+            finally:
+                os.chmod(locked, 0o600)
+
+    def test_usage_subcommand(self):
+        cfg = self.write_config(self.base)
+        out = self.path("m.fdl")
+        self.check_error(["fl"], 2, "fl", ["missing subcommand", "simulate"])
+        self.check_error(["fl", "foo", "--config", cfg, "--out", out], 2, "fl",
+                         ["unknown subcommand 'foo'", "simulate"], out=out)
+        self.check_error(["fl", "--config", cfg, "--out", out], 2, "fl", ["subcommand '--config'", "simulate"],
+                         out=out)
+
+    def test_usage_flags(self):
+        """Usage errors after `fl simulate` are "fleetdl fl simulate: ..." like
+        its config errors. Fails at commit c479635: main() catches the usage
+        error with cmd "fl" and prints "fleetdl fl: ..."."""
+        cfg = self.write_config(self.base)
+        out = self.path("m.fdl")
+        sim = ["fl", "simulate"]
+        cases = [
+            (["--no-progress", "--out", out], ["--config", "required"]),
+            (["--json", "--out", out], ["--config", "required"]),
+            (["--config", cfg, "--out", out, "--frobnicate"], ["unknown flag '--frobnicate'"]),
+            (["--config", cfg, "--out", out, "--threads", "0"], ["--threads", "out of range"]),
+            (["--config", cfg, "--out", out, "--threads", "two"], ["--threads", "'two'", "not an integer"]),
+            (["--config", cfg, "--out", out, "--json=1"], ["--json", "takes no value"]),
+            (["--config", cfg, "--out", out, "--config", cfg], ["--config", "given twice"]),
+            (["--config", cfg, "--out", out, "extra.json"], ["unexpected argument 'extra.json'"]),
+            (["--out", out, "--config"], ["--config", "needs a value"]),
+        ]
+        for extra, needles in cases:
+            with self.subTest(args=" ".join(extra)):
+                self.check_error(sim + extra, 2, "fl simulate", needles, out=out)
+
+    def test_data_dir_errors(self):
+        """A valid config whose dataset cannot be read: exit 1 (a runtime
+        failure), one line that starts with the dataset file, no --out."""
+        nodir = self.path("no-such-dir")
+        cfg = self.write_config(self.base)
+        want = os.path.join(nodir, "train-images-idx3-ubyte.gz")
+
+        def check(config, f, needles, extra=()):
+            self.check_fl_error(config, None, needles, code=1, extra=extra,
+                                prefix="fleetdl fl simulate: %s: " % f)
+
+        check(cfg, want, ["not found"], extra=["--data-dir", nodir])
+        bad_dir = self.write_config(edited(self.base, [("dataset.dir", nodir)]), "bad-dir.json")
+        check(bad_dir, want, ["not found"])
+        empty = self.path("empty")
+        os.makedirs(empty)
+        check(cfg, os.path.join(empty, "train-images-idx3-ubyte.gz"), ["not found"], extra=["--data-dir", empty])
+        broken = write_dataset(self.path("broken"))
+        f = os.path.join(broken, "t10k-images-idx3-ubyte.gz")
+        write_gz(f, idx_bytes(0x803, [50, 28, 28], bytes(49 * 28 * 28)))  # one image short
+        check(cfg, f, ["truncated"], extra=["--data-dir", broken])
+        if os.geteuid() != 0:  # root reads a mode-000 directory anyway
+            locked = write_dataset(self.path("locked"))
+            os.chmod(locked, 0)
+            try:
+                check(cfg, os.path.join(locked, "train-images-idx3-ubyte.gz"), ["cannot open"],
+                      extra=["--data-dir", locked])
+            finally:
+                os.chmod(locked, 0o700)
+
+    def test_data_dir_flag_overrides_config(self):
+        cfg = self.write_config(edited(self.base, [("dataset.dir", self.path("no-such-dir"))]))
+        p = self.check_ok(["fl", "simulate", "--config", cfg, "--data-dir", self.data, "--json", "--no-progress"])
+        records, summary = fl_records(p)
+        self.assertEqual(len(records), 2)
+
+    def test_runtime_config_errors(self):
+        """Errors found once the data is loaded (crafted set: 100 training
+        images). Observed at commit c479635: a partition that cannot be made
+        is exit 2 and names "partition", no eligible device is exit 1."""
+        cases = [
+            ("dirichlet_min_size", [("partition", {"kind": "dirichlet", "alpha": 0.5, "min_size": 50})], 2,
+             ["partition", "at least 50 samples", "100 samples"]),
+            ("more_clients_than_samples", [("clients", 200)], 2, ["partition", "200 clients", "only 100 samples"]),
+            ("no_device_fits", [("profiles", [{"memory_bytes": 1000}])], 1,
+             ["no device can train cnn1", "memory_bytes"]),
+        ]
+        for name, edits, code, needles in cases:
+            with self.subTest(case=name):
+                cfg = self.write_config(edited(self.base, edits), name + ".json")
+                self.check_fl_error(cfg, None, needles, code=code)
+
+    def test_out_unwritable(self):
+        """--out that cannot be written is reported before the simulation
+        runs, as `fleetdl train` does: exit 1, one line, nothing on stdout.
+        Fails at commit c479635: the whole simulation runs, its round records
+        are printed, and only then does saving fail."""
+        cfg = self.write_config(self.base)
+        out = self.path("nodir", "m.fdl")
+        self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", out], 1,
+                         "fl simulate", [out, self.path("nodir"), "does not exist"])
+        adir = self.path("adir")
+        os.makedirs(adir)
+        self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", adir], 1,
+                         "fl simulate", [adir, "is a directory"])
+
+
+# The real-data experiment: 10 clients, 3 rounds of FedAvg, cnn1 on 3000
+# training and 1000 test images, 1 local epoch. About 1.5 s of CPU per run.
+FL_REAL = {
+    "seed": 1,
+    "rounds": 3,
+    "clients": 10,
+    "model": "cnn1",
+    "dataset": {"train_limit": 3000, "test_limit": 1000},
+    "partition": {"kind": "iid"},
+    "client": {"lr": 0.05, "epochs": 1, "batch": 32},
+    "strategy": {"name": "fedavg"},
+}
+
+# The reference run (seed 1, 2 threads) reaches 0.604 after 3 rounds; the
+# floor allows for compiler / SIMD rounding differences only.
+FL_ACCURACY_FLOOR = 0.45
+
+
+def run_with_tty_stderr(args):
+    """Run fleetdl with stderr on a pseudo-terminal: (process, what it wrote there)."""
+    import pty
+    import threading
+    master, slave = pty.openpty()
+    chunks = []
+
+    def reader():
+        while True:
+            try:
+                b = os.read(master, 65536)
+            except OSError:  # EIO once the child is gone and the slave closed
+                return
+            if not b:
+                return
+            chunks.append(b)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        p = subprocess.run([FLEETDL] + [str(a) for a in args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=slave, text=True, timeout=TIMEOUT, env=dict(os.environ, LC_ALL="C"))
+    finally:
+        os.close(slave)
+    t.join(10)
+    os.close(master)
+    return p, b"".join(chunks).decode("utf-8", "replace")
+
+
+class FlSimulate(FlTestCase):
+    """`fleetdl fl simulate` on the real Fashion-MNIST: one reference run
+    (FL_REAL, --json, 2 threads, --out) shared by the tests."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cls_tmp = tempfile.TemporaryDirectory(prefix="fleetdl-fl-ref-")
+        cls.config = cls.real_config()
+        cls.config_path = os.path.join(cls._cls_tmp.name, "ref.json")
+        with open(cls.config_path, "w") as fh:
+            json.dump(cls.config, fh)
+        cls.model = os.path.join(cls._cls_tmp.name, "ref.fdl")
+        # No --no-progress: stderr is a pipe, so no bar may be drawn.
+        cls.args = ["fl", "simulate", "--config", cls.config_path, "--json", "--threads", "2", "--out", cls.model]
+        p = run(cls.args)
+        if p.returncode != 0:
+            raise AssertionError("reference simulation failed:" + describe(cls.args, p))
+        cls.ref = p
+        cls.records, cls.summary = fl_records(p)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cls_tmp.cleanup()
+
+    @staticmethod
+    def real_config(edits=()):
+        cfg = copy.deepcopy(FL_REAL)
+        if "FLEETDL_FASHION_MNIST_DIR" in os.environ:  # else the config's default directory
+            cfg["dataset"]["dir"] = DATA_DIR
+        return edited(cfg, edits)
+
+    @staticmethod
+    def data_args():
+        return [] if "FLEETDL_FASHION_MNIST_DIR" not in os.environ else ["--data-dir", DATA_DIR]
+
+    def simulate(self, cfg, *extra, name="config.json"):
+        """Run a config with --json; (process, records, summary)."""
+        path = self.write_config(cfg, name)
+        args = ["fl", "simulate", "--config", path, "--json", "--no-progress"] + list(extra)
+        p = self.check_ok(args)
+        self.assertEqual(p.stderr, "", describe(args, p))
+        records, summary = fl_records(p)
+        self.assertEqual(len(records), cfg["rounds"], describe(args, p))
+        return p, records, summary
+
+    def check_records(self, records, summary, rounds, clients):
+        """The invariants every run's records keep."""
+        self.assertEqual([r["round"] for r in records], list(range(1, rounds + 1)))
+        clock = 0.0
+        for r in records:
+            with self.subTest(round=r["round"]):
+                self.assertEqual(set(r), FL_RECORD_KEYS)
+                self.assertIn(r["status"], ("completed", "abandoned"))
+                for k in ("available", "selected", "participated", "dropped", "stragglers", "required"):
+                    self.assertIsInstance(r[k], int, k)
+                    self.assertGreaterEqual(r[k], 0, k)
+                self.assertLessEqual(r["available"], clients)
+                self.assertLessEqual(r["selected"], r["available"])
+                self.assertLessEqual(r["participated"], r["selected"])
+                self.assertEqual(r["participated"] + r["dropped"] + r["stragglers"], r["selected"])
+                self.assertEqual(r["status"] == "completed", r["participated"] >= r["required"], r)
+                for k in ("accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "round_seconds",
+                          "clock_seconds", "energy_joules", "wall_seconds"):
+                    self.assertIsInstance(r[k], (int, float), k)
+                    self.assertTrue(math.isfinite(r[k]), k)
+                    self.assertGreaterEqual(r[k], 0, k)
+                self.assertLessEqual(r["accuracy"], 1.0)
+                self.assertGreater(r["round_seconds"], 0)
+                self.assertGreater(r["clock_seconds"], clock, "the virtual clock does not advance")
+                # printed with 6 significant digits
+                self.assertAlmostEqual(r["clock_seconds"], clock + r["round_seconds"], delta=1e-5 * r["clock_seconds"])
+                clock = r["clock_seconds"]
+        s = summary
+        self.assertIs(s.get("summary"), True)
+        self.assertEqual(s["rounds"], rounds)
+        self.assertEqual(s["clients"], clients)
+        self.assertEqual(s["completed_rounds"], sum(r["status"] == "completed" for r in records))
+        self.assertEqual(s["abandoned_rounds"], sum(r["status"] == "abandoned" for r in records))
+        self.assertEqual(s["last_accuracy"], records[-1]["accuracy"])
+        self.assertEqual(s["best_accuracy"], max(r["accuracy"] for r in records))
+        self.assertEqual(s["clock_seconds"], records[-1]["clock_seconds"])
+        for k in ("bytes_up", "bytes_down", "energy_joules"):
+            self.assertAlmostEqual(s[k], sum(r[k] for r in records), delta=1e-5 * s[k] + 1e-9, msg=k)
+
+    def test_json_records(self):
+        p, records, s = self.ref, self.records, self.summary
+        lines = p.stdout.splitlines()
+        self.assertEqual(len(lines), 4, "not rounds + 1 lines:" + describe(self.args, p))
+        self.assertTrue(p.stdout.endswith("\n"))
+        self.check_records(records, s, 3, 10)
+        for r in records:
+            self.assertEqual(r["status"], "completed")
+            self.assertEqual((r["available"], r["selected"], r["participated"]), (10, 10, 10))
+            self.assertIsNone(r["epsilon"], "epsilon without DP")
+            self.assertEqual(r["bytes_up"], r["bytes_down"])  # f32 up and down, no codec
+        self.assertLess(records[-1]["train_loss"], records[0]["train_loss"], "training does not progress")
+        self.assertGreaterEqual(records[-1]["accuracy"], FL_ACCURACY_FLOOR,
+                                "accuracy %.4f below the floor %.2f" % (records[-1]["accuracy"], FL_ACCURACY_FLOOR))
+        self.assertEqual((s["strategy"], s["model"], s["eligible_clients"], s["threads"]), ("fedavg", "cnn1", 10, 2))
+        self.assertEqual(s["completed_rounds"], 3)
+
+    def test_no_progress_bar_without_tty(self):
+        """stderr is a pipe and --no-progress was not given: still no bar."""
+        self.assertEqual(self.ref.stderr, "")
+        self.assertNotIn("\x1b", self.ref.stdout)
+        self.assertNotIn("\r", self.ref.stdout)
+
+    def test_same_seed_same_records(self):
+        """Same config and threads: the same records (but wall_seconds) and a
+        byte-identical model."""
+        out = self.path("again.fdl")
+        _, records, summary = self.simulate(self.config, "--threads", "2", "--out", out)
+        self.assertEqual([without(r, "wall_seconds") for r in records],
+                         [without(r, "wall_seconds") for r in self.records])
+        self.assertEqual(without(summary, "wall_seconds"), without(self.summary, "wall_seconds"))
+        with open(out, "rb") as a, open(self.model, "rb") as b:
+            self.assertEqual(a.read(), b.read(), "same config gave different .fdl files")
+
+    def test_thread_count_does_not_matter(self):
+        """Clients train single-threaded in parallel (client_parallel): the
+        results do not depend on --threads."""
+        _, records, summary = self.simulate(self.config, "--threads", "1")
+        self.assertEqual([without(r, "wall_seconds") for r in records],
+                         [without(r, "wall_seconds") for r in self.records])
+        self.assertEqual(summary["threads"], 1)
+        self.assertEqual(without(summary, "wall_seconds", "threads"), without(self.summary, "wall_seconds", "threads"))
+
+    def test_seed_reaches_the_simulator(self):
+        """The config's seed seeds the fleet and the selection too
+        (docs/fl-simulate.md): with speed jitter and 4 of 10 clients per
+        round, seeds 1 and 2 give different simulated round times. Fails at
+        commit c479635: parse_config never copies seed into SimOptions::seed,
+        so the fleet, selection, events and local training always use seed 1
+        (only the model init, partition and DP noise follow the config)."""
+        edits = [("rounds", 2), ("dataset.train_limit", 1000), ("dataset.test_limit", 200),
+                 ("profiles", [{"speed_jitter": 0.5}]), ("selection", {"clients_per_round": 4})]
+        runs = {}
+        for seed in (1, 2):
+            cfg = self.real_config(edits + [("seed", seed)])
+            _, records, _ = self.simulate(cfg, "--threads", "2", name="seed%d.json" % seed)
+            runs[seed] = [r["round_seconds"] for r in records]
+        self.assertNotEqual(runs[1], runs[2], "seeds 1 and 2 simulate the same fleet and selection")
+
+    def test_dp_epsilon(self):
+        """Central DP with fixed clipping: epsilon is a finite number that grows every round."""
+        cfg = self.real_config([("dp", {"mode": "fixed", "noise_multiplier": 1.0, "clipping_norm": 1.0})])
+        _, records, summary = self.simulate(cfg, "--threads", "2")
+        self.check_records(records, summary, 3, 10)
+        eps = [r["epsilon"] for r in records]
+        for e in eps:
+            self.assertIsInstance(e, (int, float), eps)
+            self.assertTrue(math.isfinite(e) and e > 0, eps)
+        self.assertTrue(all(a < b for a, b in zip(eps, eps[1:])), "epsilon does not grow: %r" % eps)
+        self.assertIn("fedavg", summary["strategy"])
+
+    def test_dropouts_abandon_rounds(self):
+        """Dropout 0.3 and min_clients equal to the 5 clients per round: some
+        rounds get too few updates and are abandoned (the model does not
+        change), and the run still succeeds."""
+        cfg = self.real_config([("rounds", 6), ("profiles", [{"dropout": 0.3}]),
+                                ("selection", {"clients_per_round": 5, "min_clients": 5})])
+        _, records, summary = self.simulate(cfg, "--threads", "2")
+        self.check_records(records, summary, 6, 10)
+        abandoned = [r for r in records if r["status"] == "abandoned"]
+        self.assertGreaterEqual(len(abandoned), 1, "no round was abandoned")
+        self.assertGreaterEqual(summary["abandoned_rounds"], 1)
+        self.assertEqual(summary["completed_rounds"] + summary["abandoned_rounds"], 6)
+        for prev, r in zip(records, records[1:]):
+            self.assertEqual(r["selected"], 5)
+            self.assertEqual(r["required"], 5)
+            if r["status"] == "abandoned":
+                self.assertLess(r["participated"], 5, r)
+                self.assertGreater(r["dropped"], 0, r)
+                # same global model, same test set
+                self.assertEqual((r["accuracy"], r["loss"]), (prev["accuracy"], prev["loss"]), r)
+
+    def test_out_model_evaluates(self):
+        """--out writes a model that eval and info read; on the simulation's
+        1000 test images it scores the last round's accuracy."""
+        self.assertTrue(os.path.isfile(self.model))
+        self.assertFalse(os.path.exists(self.model + ".tmp"))
+        e = self.check_json(["eval", self.model, "--json", "--test-limit", "500", "--latency-runs", "5"]
+                            + self.data_args())
+        self.assertEqual(e["test_images"], 500)
+        self.assertTrue(0.0 <= e["test_accuracy"] <= 1.0, e)
+        e = self.check_json(["eval", self.model, "--json", "--test-limit", "1000", "--latency-runs", "5"]
+                            + self.data_args())
+        self.assertEqual(e["test_accuracy"], self.summary["last_accuracy"])
+        # another batch size (256, the simulator evaluates in 1000s): the sum may round differently
+        self.assertAlmostEqual(e["test_loss"], self.records[-1]["loss"], delta=1e-4 * self.records[-1]["loss"])
+        i = self.check_json(["info", self.model, "--json"])
+        meta = i["metadata"]
+        self.assertEqual((meta.get("model"), meta.get("strategy"), meta.get("rounds"), meta.get("seed")),
+                         ("cnn1", "fedavg", "3", "1"))
+        self.assertEqual(float(meta["test_accuracy"]), self.summary["last_accuracy"])
+
+    def test_text_output(self):
+        """Without --json: a header, one line per round, a summary; the
+        numbers are the JSON run's. No bar on a non-terminal stderr."""
+        path = self.write_config(self.config)
+        args = ["fl", "simulate", "--config", path, "--threads", "2"]
+        p = self.check_ok(args)
+        self.assertEqual(p.stderr, "", "stderr not empty (progress bar on a pipe?):" + describe(args, p))
+        for ch in ("\x1b", "\r"):
+            self.assertNotIn(ch, p.stdout)
+        lines = p.stdout.splitlines()
+        self.assertEqual(len(lines), 1 + 3 + 1, describe(args, p))
+        self.assertTrue(lines[0].startswith("fedavg on cnn1: 10 clients (10 eligible), iid partition, 3 rounds, "
+                                            "2 threads"), lines[0])
+        for k, (line, r) in enumerate(zip(lines[1:4], self.records), 1):
+            self.assertTrue(line.startswith("round %d/3 completed: accuracy %s, loss %s, 10/10 clients"
+                                            % (k, format(r["accuracy"], ".6g"), format(r["loss"], ".6g"))), line)
+        self.assertTrue(lines[4].startswith("best accuracy %s" % format(self.summary["best_accuracy"], ".6g")),
+                        lines[4])
+        self.assertIn("3 completed, 0 abandoned", lines[4])
+
+    @unittest.skipUnless(hasattr(os, "openpty"), "needs a pseudo-terminal")
+    def test_progress_bar_on_tty(self):
+        """On a terminal the bar is drawn on stderr, unless --no-progress;
+        stdout is unchanged either way."""
+        path = self.write_config(self.real_config([("rounds", 1)]))
+        args = ["fl", "simulate", "--config", path, "--json", "--threads", "2"]
+        p, tty = run_with_tty_stderr(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.assertEqual(len(p.stdout.splitlines()), 2, p.stdout)
+        self.assertIn("round 1/1", tty)
+        self.assertIn("10/10 clients", tty)
+        self.assertIn("\x1b[K", tty)
+        p, tty = run_with_tty_stderr(args + ["--no-progress"])
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.assertEqual(len(p.stdout.splitlines()), 2, p.stdout)
+        self.assertEqual(tty, "", "--no-progress still drew on the terminal")
+
+    def test_partition_errors(self):
+        """Partitions the 3000 training images cannot give: exit 2 (observed
+        at commit c479635), one line naming "partition", no --out."""
+        cases = [
+            ("dirichlet_min_size", [("partition", {"kind": "dirichlet", "alpha": 0.1, "min_size": 1000})],
+             ["partition", "at least 1000 samples", "3000 samples"]),
+            ("more_clients_than_samples", [("clients", 5000)], ["partition", "5000 clients", "only 3000 samples"]),
+        ]
+        for name, edits, needles in cases:
+            with self.subTest(case=name):
+                cfg = self.write_config(self.real_config(edits), name + ".json")
+                self.check_fl_error(cfg, None, needles, code=2)
+
+
 # --------------------------------------------------------------------- main
 
 GROUPS = {
@@ -648,7 +1404,12 @@ GROUPS = {
     "bad-data": [DataAndModelErrors],
     "output": [OutputRobustness],
     "train-eval": [TrainEval],
+    "fl-bad-config": [FlBadConfig],
+    "fl-simulate": [FlSimulate],
 }
+
+# Groups that need the real Fashion-MNIST (exit 77 without it).
+NEEDS_DATASET = {"train-eval", "fl-simulate"}
 
 
 def main(argv):
@@ -661,7 +1422,7 @@ def main(argv):
         sys.stderr.write("test_cli.py: %s is not an executable\n" % FLEETDL)
         return 2
     group = argv[2]
-    if group == "train-eval" and not real_dataset_present():
+    if group in NEEDS_DATASET and not real_dataset_present():
         print("SKIP: Fashion-MNIST not found in %s (need %s); install dataset-fashion-mnist or set "
               "FLEETDL_FASHION_MNIST_DIR" % (DATA_DIR, ", ".join(DATA_FILES)))
         return SKIP
