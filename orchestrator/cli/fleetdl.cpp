@@ -26,6 +26,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -76,6 +77,7 @@ constexpr const char* kUsage =
     "fl simulate options: --config FILE (JSON, schema in docs/fl-simulate.md)\n"
     "              --json (one JSON object per round, then a summary)\n"
     "              --threads T (overrides the config) --data-dir DIR --out FILE (final model)\n"
+    "              --checkpoint FILE (state after every round) --resume (continue from it)\n"
     "              --no-progress\n";
 
 struct UsageError {
@@ -470,7 +472,8 @@ int cmd_fl(int argc, char** argv) {
     throw UsageError{argc < 1 ? "missing subcommand (known: simulate)"
                               : "unknown subcommand '" + std::string(argv[0]) + "' (known: simulate)"};
   const std::string cmd = "fl simulate";
-  Args a(cmd, argc - 1, argv + 1, {"--config", "--threads", "--data-dir", "--out"}, {"--json", "--no-progress"});
+  Args a(cmd, argc - 1, argv + 1, {"--config", "--threads", "--data-dir", "--out", "--checkpoint"},
+         {"--json", "--no-progress", "--resume"});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
   if (!a.has("--config")) throw UsageError{"--config FILE is required"};
   const std::string path = a.str("--config", "");
@@ -485,6 +488,25 @@ int cmd_fl(int argc, char** argv) {
   if (a.has("--data-dir")) cfg.dataset_dir = a.str("--data-dir", cfg.dataset_dir);
   if (cfg.threads == 0) cfg.threads = std::max(1, std::min<int>(FLEETDL_MAX_THREADS, static_cast<int>(std::thread::hardware_concurrency())));
   const std::string out = a.str("--out", "");
+  if (!out.empty()) {
+    // fail before the simulation, not after, if the model cannot be saved
+    const auto parent = std::filesystem::path(out).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+      return fail(cmd, out + ": directory '" + parent.string() + "' does not exist");
+    if (std::filesystem::is_directory(out, ec)) return fail(cmd, out + ": is a directory");
+  }
+  const std::string ckpt = a.str("--checkpoint", "");
+  if (a.has("--resume") && ckpt.empty()) throw UsageError{"--resume needs --checkpoint FILE"};
+  // the experiment's identity for checkpoints: the config text (and the
+  // thread count when results depend on it)
+  std::uint64_t fingerprint = 0xcbf29ce484222325ULL;
+  {
+    auto text = fleetdl::read_file(path, fleetdl::json::Limits{}.max_bytes);
+    if (!text) return fail(cmd, text.error().message, 2);
+    for (const std::uint8_t b : *text) fingerprint = (fingerprint ^ b) * 0x100000001b3ULL;
+    if (!cfg.sim.client_parallel) fingerprint ^= static_cast<std::uint64_t>(cfg.threads) * 0x9E3779B97F4A7C15ULL;
+  }
 
   auto train = data::load_fashion_mnist<float>(cfg.dataset_dir, true, cfg.train_limit);
   if (!train) return fail(cmd, train.error().message);
@@ -507,8 +529,20 @@ int cmd_fl(int argc, char** argv) {
   auto& s = *simr;
   if (s.eligible_clients() == 0)
     return fail(cmd, path + ": no device can train " + cfg.model + ": it needs " + num(s.training_memory()) +
-                         " bytes of memory, more than every profile's memory_bytes");
+                         " bytes of memory, more than every profile's memory_bytes", 2);
 
+  if (!ckpt.empty()) {
+    if (auto why = s.checkpoint_unsupported(); !why.empty())
+      return fail(cmd, path + ": --checkpoint: " + why, 2);
+    std::error_code ec;
+    if (a.has("--resume") && std::filesystem::exists(ckpt, ec)) {
+      auto bytes = fleetdl::read_file(ckpt, std::uint64_t{1} << 36);
+      if (!bytes) return fail(cmd, bytes.error().message);
+      auto ok = s.restore(*bytes, fingerprint);
+      if (!ok) return fail(cmd, ckpt + ": " + ok.error().message);
+      std::fprintf(stderr, "resuming after round %ld of %d from %s\n", s.round(), cfg.sim.rounds, ckpt.c_str());
+    }
+  }
   ProgressBar bar(!a.has("--no-progress"));
   s.on_client_trained([&](long r, Index done, Index total) {
     bar.draw("round " + std::to_string(r) + "/" + std::to_string(cfg.sim.rounds), done, total,
@@ -535,7 +569,8 @@ int cmd_fl(int argc, char** argv) {
       << ",\"wall_seconds\":" << json_num(r.wall_seconds) << "}";
     return o.str();
   };
-  auto done = s.run([&](const sim::RoundRecord& r) {
+  std::optional<fleetdl::Error> ckpt_error;
+  auto on_round = [&](const sim::RoundRecord& r) {
     wall += r.wall_seconds;
     bytes_up += r.bytes_up;
     bytes_down += r.bytes_down;
@@ -560,7 +595,22 @@ int cmd_fl(int argc, char** argv) {
                   std::isfinite(r.epsilon) ? (", epsilon " + num(r.epsilon)).c_str() : "");
     }
     std::fflush(stdout);
-  });
+    if (!ckpt.empty() && !ckpt_error) {
+      auto bytes = s.checkpoint(fingerprint);
+      auto written = bytes ? fleetdl::write_file_atomic(ckpt, *bytes) : fleetdl::Result<void>(bytes.error());
+      if (!written) ckpt_error = written.error();
+    }
+  };
+  fleetdl::Result<void> done = fleetdl::success();
+  while (s.round() < cfg.sim.rounds && !ckpt_error) {
+    auto rec = s.step();
+    if (!rec) {
+      done = std::move(rec).error();
+      break;
+    }
+    on_round(*rec);
+  }
+  if (ckpt_error) return fail(cmd, "checkpoint: " + ckpt_error->message);
   if (!done) return fail(cmd, "round " + std::to_string(s.round() + 1) + ": " + done.error().message);
   if (!out.empty()) {
     io::Metadata meta = {{"model", cfg.model}, {"strategy", strategy_name}, {"rounds", std::to_string(cfg.sim.rounds)},
@@ -617,7 +667,9 @@ int main(int argc, char** argv) {
     if (cmd == "info") return finish(cmd, cmd_info(argc - 2, argv + 2));
     if (cmd == "fl") return finish(cmd, cmd_fl(argc - 2, argv + 2));
   } catch (const UsageError& e) {
-    return fail(cmd, e.msg + " (see fleetdl --help)", 2);
+    // "fl simulate" errors carry the subcommand, like its config errors
+    const bool fl_sim = cmd == "fl" && argc > 2 && std::string(argv[2]) == "simulate";
+    return fail(fl_sim ? "fl simulate" : cmd, e.msg + " (see fleetdl --help)", 2);
   }
   std::fprintf(stderr, "fleetdl: unknown command '%s' (see fleetdl --help)\n", cmd.c_str());
   return 2;

@@ -856,9 +856,8 @@ FL_BAD_TYPES = [
 
 # dataset.train_limit / test_limit: -1 means all; 0 images cannot run, and
 # must be refused as a config error naming the key, as --train-limit 0 is
-# for `fleetdl train`. (At commit c479635 0 is accepted, and the run then
-# fails later with "partition: partition_iid: 10 clients but only 0 samples"
-# or "simulator: empty train or test set", naming no key.)
+# for `fleetdl train` (regression: 0 was once accepted and the run failed
+# later with a message naming no key).
 FL_BAD_LIMITS = [
     ("train_limit_zero", [("dataset.train_limit", 0)], "dataset.train_limit", ["(got 0)"]),
     ("test_limit_zero", [("dataset.test_limit", 0)], "dataset.test_limit", ["(got 0)"]),
@@ -944,7 +943,7 @@ class FlBadConfig(FlTestCase):
         self.check_fl_error(cfg, "config", ["must be a JSON object"])
 
     def test_dataset_limits(self):
-        """Fails at commit c479635: 0 images is accepted (see FL_BAD_LIMITS)."""
+        """0 images is refused as a config error (see FL_BAD_LIMITS)."""
         self.check_table(FL_BAD_LIMITS)
 
     def test_malformed_json(self):
@@ -1016,8 +1015,7 @@ class FlBadConfig(FlTestCase):
 
     def test_usage_flags(self):
         """Usage errors after `fl simulate` are "fleetdl fl simulate: ..." like
-        its config errors. Fails at commit c479635: main() catches the usage
-        error with cmd "fl" and prints "fleetdl fl: ..."."""
+        its config errors (regression: they once said "fleetdl fl: ...")."""
         cfg = self.write_config(self.base)
         out = self.path("m.fdl")
         sim = ["fl", "simulate"]
@@ -1074,13 +1072,13 @@ class FlBadConfig(FlTestCase):
 
     def test_runtime_config_errors(self):
         """Errors found once the data is loaded (crafted set: 100 training
-        images). Observed at commit c479635: a partition that cannot be made
-        is exit 2 and names "partition", no eligible device is exit 1."""
+        images): a partition that cannot be made and a fleet with no device
+        that can hold the model are config errors (exit 2)."""
         cases = [
             ("dirichlet_min_size", [("partition", {"kind": "dirichlet", "alpha": 0.5, "min_size": 50})], 2,
              ["partition", "at least 50 samples", "100 samples"]),
             ("more_clients_than_samples", [("clients", 200)], 2, ["partition", "200 clients", "only 100 samples"]),
-            ("no_device_fits", [("profiles", [{"memory_bytes": 1000}])], 1,
+            ("no_device_fits", [("profiles", [{"memory_bytes": 1000}])], 2,
              ["no device can train cnn1", "memory_bytes"]),
         ]
         for name, edits, code, needles in cases:
@@ -1090,9 +1088,8 @@ class FlBadConfig(FlTestCase):
 
     def test_out_unwritable(self):
         """--out that cannot be written is reported before the simulation
-        runs, as `fleetdl train` does: exit 1, one line, nothing on stdout.
-        Fails at commit c479635: the whole simulation runs, its round records
-        are printed, and only then does saving fail."""
+        runs, as `fleetdl train` does: exit 1, one line, nothing on stdout
+        (regression: the whole simulation once ran before saving failed)."""
         cfg = self.write_config(self.base)
         out = self.path("nodir", "m.fdl")
         self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", out], 1,
@@ -1280,10 +1277,9 @@ class FlSimulate(FlTestCase):
     def test_seed_reaches_the_simulator(self):
         """The config's seed seeds the fleet and the selection too
         (docs/fl-simulate.md): with speed jitter and 4 of 10 clients per
-        round, seeds 1 and 2 give different simulated round times. Fails at
-        commit c479635: parse_config never copies seed into SimOptions::seed,
-        so the fleet, selection, events and local training always use seed 1
-        (only the model init, partition and DP noise follow the config)."""
+        round, seeds 1 and 2 give different simulated round times
+        (regression: the seed once reached only the init, partition and DP
+        noise)."""
         edits = [("rounds", 2), ("dataset.train_limit", 1000), ("dataset.test_limit", 200),
                  ("profiles", [{"speed_jitter": 0.5}]), ("selection", {"clients_per_round": 4})]
         runs = {}
@@ -1384,8 +1380,7 @@ class FlSimulate(FlTestCase):
         self.assertEqual(tty, "", "--no-progress still drew on the terminal")
 
     def test_partition_errors(self):
-        """Partitions the 3000 training images cannot give: exit 2 (observed
-        at commit c479635), one line naming "partition", no --out."""
+        """Partitions the 3000 training images cannot give: exit 2, one line naming "partition", no --out."""
         cases = [
             ("dirichlet_min_size", [("partition", {"kind": "dirichlet", "alpha": 0.1, "min_size": 1000})],
              ["partition", "at least 1000 samples", "3000 samples"]),

@@ -52,6 +52,8 @@ class ScaffoldClientState {
   /// Bytes held for c_i.
   std::size_t bytes() const { return static_cast<std::size_t>(ci_.size()) * sizeof(Store); }
   void reset() { ci_.resize(0); }
+  /// Restore a saved c_i (a checkpoint); empty = zero.
+  void restore(Vector<Store> ci) { ci_ = std::move(ci); }
 
   /// g <- g - c_i + c (Algorithm 1, line 10), before the optimizer step.
   /// `c` is the server variate received with the global model (empty = 0).
@@ -176,6 +178,8 @@ class Scaffold : public FedAvg<S> {
   const Vector<S>& control() const { return c_; }
   ConstVectorMap<S> control_map() const { return ConstVectorMap<S>(c_.data(), c_.size()); }
   void reset() { c_.resize(0); }
+  /// Restore a saved server variate c (a checkpoint); empty = zero.
+  void restore_control(Vector<S> c) { c_ = std::move(c); }
 
  private:
   static FedAvgOptions with_flag(const ScaffoldOptions& o) {

@@ -13,6 +13,7 @@
 
 #include "fleetdl/core/error.hpp"
 #include "fleetdl/core/json.hpp"
+#include "fleetdl/data/dataset.hpp"
 #include "fleetdl/data/partition.hpp"
 #include "fleetdl/fl/dp.hpp"
 #include "fleetdl/fl/fedavg.hpp"
@@ -77,7 +78,7 @@ struct SimConfig {
   int threads = 0;  ///< 0: all hardware threads
   std::string model = "cnn_niid";
   std::string dataset = "fashion-mnist";
-  std::string dataset_dir = "/usr/share/datasets/fashion-mnist";
+  std::string dataset_dir = FLEETDL_FASHION_MNIST_DIR;
   Index train_limit = -1, test_limit = -1;
   Index clients = 0;
   PartitionSpec partition;
@@ -242,6 +243,7 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
   } while (0)
 
   FLEETDL_CFG(c.seed, top.integer("seed", 1, false, 0, (1LL << 53)));
+  c.sim.seed = c.seed;  // the fleet, selection, events, local training and codecs
   FLEETDL_CFG(c.threads, top.integer("threads", 0, false, 0, FLEETDL_MAX_THREADS));
   FLEETDL_CFG(c.sim.rounds, top.integer("rounds", 0, true, 1, 1000000));
   FLEETDL_CFG(c.clients, top.integer("clients", 0, true, 1, 1000000));
@@ -260,6 +262,8 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
     FLEETDL_CFG(c.dataset_dir, o->string("dir", c.dataset_dir, false));
     FLEETDL_CFG(c.train_limit, o->integer("train_limit", -1, false, -1, 1LL << 40));
     FLEETDL_CFG(c.test_limit, o->integer("test_limit", -1, false, -1, 1LL << 40));
+    if (c.train_limit == 0) return bad(o->key("train_limit"), "must be -1 (all images) or at least 1 (got 0)");
+    if (c.test_limit == 0) return bad(o->key("test_limit"), "must be -1 (all images) or at least 1 (got 0)");
     FLEETDL_TRY(o->finish());
   }
   {  // partition
@@ -472,12 +476,14 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c) {
     o.server_learning_rate = s.server_learning_rate;
     o.server_momentum = s.server_momentum;
     st = std::make_unique<fl::FedAvgM<S>>(o);
+    b.no_checkpoint = "fedavgm's server momentum is not checkpointed";
   } else if (s.name == "fedprox") {
     fl::FedProxOptions o;
     static_cast<fl::FedAvgOptions&>(o) = base;
     o.proximal_mu = s.proximal_mu;
     st = std::make_unique<fl::FedProx<S>>(o);
   } else if (s.name == "fedadam" || s.name == "fedyogi" || s.name == "fedadagrad") {
+    b.no_checkpoint = s.name + "'s server optimizer moments are not checkpointed";
     auto fill = [&](fl::FedOptOptions& o) {
       static_cast<fl::FedAvgOptions&>(o) = base;
       o.eta = s.eta;
@@ -535,6 +541,8 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c) {
   }
   const double q = static_cast<double>(c.expected_per_round()) / static_cast<double>(c.clients);
   Rng noise(Rng(c.seed).fork(0xD1FF).next_u64());
+  if (c.dp.mode == "fixed" || c.dp.mode == "adaptive")
+    b.no_checkpoint = "central DP's accountant, noise stream and clipping norm are not checkpointed";
   if (c.dp.mode == "fixed") {
     fl::FixedClippingConfig d;
     d.noise_multiplier = c.dp.noise_multiplier;

@@ -47,6 +47,8 @@
 // (SCAFFOLD's c_i, top-k's error-feedback residual).
 #pragma once
 
+#include "fleetdl/core/bytes.hpp"
+#include "fleetdl/core/crc32.hpp"
 #include "fleetdl/core/error.hpp"
 #include "fleetdl/core/parallel.hpp"
 #include "fleetdl/core/rng.hpp"
@@ -68,6 +70,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -158,6 +161,9 @@ struct StrategyBundle {
   fl::Scaffold<S>* scaffold = nullptr;               ///< SCAFFOLD in the chain: send c, collect delta c_i
   const fl::RdpAccountant* accountant = nullptr;     ///< central DP in the chain: report epsilon
   bool needs_loss_before = false;                    ///< q-FedAvg: clients report F_i(w_t)
+  /// Why the strategy's server state cannot be checkpointed (empty: it can —
+  /// stateless strategies and SCAFFOLD, whose c the simulator saves).
+  std::string no_checkpoint;
 };
 
 enum class RoundStatus { completed, abandoned };
@@ -455,6 +461,140 @@ class Simulator {
   }
 
 public:
+  /// Why this run cannot be checkpointed (empty: it can).
+  std::string checkpoint_unsupported() const {
+    if (!bundle_.no_checkpoint.empty()) return bundle_.no_checkpoint;
+    if (oort_) return "Oort selection keeps per-client statistics that are not checkpointed";
+    return {};
+  }
+
+  /// The run's state after the last round: round counters, clock, global
+  /// parameters and buffers, participation counts, SCAFFOLD's c and c_i, the
+  /// top-k residuals (as f32, or f64 when S is double). `fingerprint` identifies the experiment (the caller
+  /// hashes its config) and must match at restore. Little-endian, CRC-32 at
+  /// the end. Everything else is derived from (seed, round), so a restored
+  /// run continues with the same bits as an uninterrupted one.
+  Result<std::vector<std::uint8_t>> checkpoint(std::uint64_t fingerprint) const {
+    if (auto why = checkpoint_unsupported(); !why.empty()) return make_error(Errc::unsupported, "checkpoint: " + why);
+    ByteWriter w;
+    w.raw(ckpt_magic, sizeof ckpt_magic);
+    w.u32(ckpt_version);
+    w.u64(fingerprint);
+    w.u64(static_cast<std::uint64_t>(round_));
+    w.u64(static_cast<std::uint64_t>(completed_));
+    w.u64(static_cast<std::uint64_t>(abandoned_));
+    w.f64(clock_);
+    w.u64(static_cast<std::uint64_t>(clients()));
+    auto vec = [&](const auto& v) {
+      w.u64(static_cast<std::uint64_t>(v.size()));
+      for (Index i = 0; i < v.size(); ++i) {
+        if constexpr (sizeof(S) == 8)
+          w.f64(static_cast<double>(v[i]));
+        else
+          w.f32(static_cast<float>(v[i]));
+      }
+    };
+    vec(std::as_const(model_).params());
+    vec(std::as_const(model_).buffers());
+    for (const auto n : participations_) w.u32(static_cast<std::uint32_t>(n));
+    w.u8(bundle_.scaffold ? 1 : 0);
+    if (bundle_.scaffold) {
+      vec(bundle_.scaffold->control());
+      for (const auto& st : scaffold_) vec(st.control());
+    }
+    w.u8(feedback_.empty() ? 0 : 1);
+    for (const auto& e : feedback_) vec(e.residual());
+    std::vector<std::uint8_t> out = w.bytes();
+    const std::uint32_t crc = crc32(out.data(), out.size());
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(crc >> (8 * i)));
+    return out;
+  }
+
+  /// Restore a checkpoint() of the same experiment. The bytes are untrusted:
+  /// the CRC, the fingerprint, every count and size are checked against this
+  /// simulator before anything changes; an error leaves the simulator as it was.
+  Result<void> restore(std::span<const std::uint8_t> bytes, std::uint64_t fingerprint) {
+    if (auto why = checkpoint_unsupported(); !why.empty()) return make_error(Errc::unsupported, "checkpoint: " + why);
+    const auto bad = [](Errc c, const std::string& what) { return make_error(c, "checkpoint: " + what); };
+    if (bytes.size() < sizeof ckpt_magic + 4 + 4) return bad(Errc::truncated, "too short to be a checkpoint");
+    if (std::memcmp(bytes.data(), ckpt_magic, sizeof ckpt_magic) != 0) return bad(Errc::bad_magic, "not a fleetdl simulator checkpoint");
+    std::uint32_t stored = 0;
+    for (int i = 0; i < 4; ++i) stored |= static_cast<std::uint32_t>(bytes[bytes.size() - 4 + static_cast<std::size_t>(i)]) << (8 * i);
+    if (crc32(bytes.data(), bytes.size() - 4) != stored) return bad(Errc::checksum_mismatch, "CRC mismatch (damaged file)");
+    ByteReader r(bytes.data() + sizeof ckpt_magic, bytes.size() - sizeof ckpt_magic - 4);
+    std::uint32_t version = 0;
+    std::uint64_t fp = 0, round = 0, completed = 0, abandoned = 0, n = 0;
+    double clock = 0;
+    if (!r.u32(version)) return bad(Errc::truncated, "truncated header");
+    if (version != ckpt_version) return bad(Errc::bad_version, "version " + std::to_string(version) + " is not supported");
+    if (!r.u64(fp) || !r.u64(round) || !r.u64(completed) || !r.u64(abandoned) || !r.f64(clock) || !r.u64(n))
+      return bad(Errc::truncated, "truncated header");
+    if (fp != fingerprint) return bad(Errc::invalid_argument, "it was written by a different experiment (config or seed changed)");
+    if (n != static_cast<std::uint64_t>(clients())) return bad(Errc::corrupt, "client count differs");
+    if (round > static_cast<std::uint64_t>(opt_.rounds) || completed + abandoned != round || !std::isfinite(clock) || clock < 0)
+      return bad(Errc::corrupt, "inconsistent round counters");
+    constexpr std::size_t scalar_bytes = sizeof(S) == 8 ? 8 : 4;
+    auto vec = [&](Index want_max, Vector<S>& out, bool exact) -> bool {
+      std::uint64_t len = 0;
+      if (!r.u64(len)) return false;
+      if (exact ? len != static_cast<std::uint64_t>(want_max) : (len != 0 && len != static_cast<std::uint64_t>(want_max)))
+        return false;
+      if (r.remaining() / scalar_bytes < len) return false;
+      out.resize(static_cast<Index>(len));
+      for (Index i = 0; i < out.size(); ++i) {
+        double x = 0;
+        if constexpr (sizeof(S) == 8) {
+          r.f64(x);
+        } else {
+          float f = 0;
+          r.f32(f);
+          x = f;
+        }
+        if (!std::isfinite(x)) return false;
+        out[i] = static_cast<S>(x);
+      }
+      return true;
+    };
+    const Index d = model_.param_count();
+    Vector<S> params, buffers, server_c;
+    if (!vec(d, params, true) || !vec(model_.buffer_count(), buffers, true))
+      return bad(Errc::corrupt, "model state does not match this model");
+    std::vector<std::int32_t> parts(participations_.size());
+    for (auto& p : parts) {
+      std::uint32_t v = 0;
+      if (!r.u32(v) || v > round) return bad(Errc::corrupt, "bad participation count");
+      p = static_cast<std::int32_t>(v);
+    }
+    std::uint8_t has_scaffold = 0, has_feedback = 0;
+    if (!r.u8(has_scaffold) || has_scaffold != (bundle_.scaffold ? 1 : 0)) return bad(Errc::corrupt, "SCAFFOLD state mismatch");
+    std::vector<Vector<S>> ci;
+    if (has_scaffold) {
+      if (!vec(d, server_c, false)) return bad(Errc::corrupt, "bad SCAFFOLD server variate");
+      ci.resize(scaffold_.size());
+      for (auto& v : ci)
+        if (!vec(d, v, false)) return bad(Errc::corrupt, "bad SCAFFOLD client variate");
+    }
+    if (!r.u8(has_feedback) || has_feedback != (feedback_.empty() ? 0 : 1)) return bad(Errc::corrupt, "codec state mismatch");
+    std::vector<Vector<S>> res(feedback_.size());
+    for (auto& v : res)
+      if (!vec(d, v, false)) return bad(Errc::corrupt, "bad error-feedback residual");
+    if (r.remaining() != 0) return bad(Errc::corrupt, std::to_string(r.remaining()) + " trailing bytes");
+    // all checked: commit
+    model_.params() = params;
+    model_.buffers() = buffers;
+    participations_ = std::move(parts);
+    if (has_scaffold) {
+      bundle_.scaffold->restore_control(std::move(server_c));
+      for (std::size_t i = 0; i < ci.size(); ++i) scaffold_[i].restore(std::move(ci[i]));
+    }
+    for (std::size_t i = 0; i < res.size(); ++i) feedback_[i].residual() = std::move(res[i]);
+    round_ = static_cast<long>(round);
+    completed_ = static_cast<long>(completed);
+    abandoned_ = static_cast<long>(abandoned);
+    clock_ = clock;
+    return success();
+  }
+
   /// Progress: called (serialized) after each client of round r finishes
   /// local training, with the count done and the round's total.
   void on_client_trained(std::function<void(long round, Index done, Index total)> f) { on_client_ = std::move(f); }
@@ -523,7 +663,7 @@ public:
 
   void setup() {
     const std::size_t n = parts_.size();
-    const int extra = bundle_.scaffold ? 2 : 1;  // the received global (+ c and c_i)
+    const int extra = bundle_.scaffold ? 3 : 1;  // the received global (+ c and c_i)
     train_mem_ = training_memory_bytes(cost_, opt_.memory_batch, opt_.optimizer_slots, extra);
     eligible_.assign(n, false);
     for (std::size_t c = 0; c < n; ++c)
@@ -714,6 +854,8 @@ public:
   std::vector<fl::ScaffoldClientState<S>> scaffold_;
   std::vector<fl::ErrorFeedback<S>> feedback_;
   std::optional<fl::OortSelector> oort_;
+  static constexpr char ckpt_magic[8] = {'F', 'D', 'L', 'S', 'I', 'M', 'C', 'K'};
+  static constexpr std::uint32_t ckpt_version = 1;
   std::function<void(long, Index, Index)> on_client_;
   long round_ = 0, completed_ = 0, abandoned_ = 0;
   double clock_ = 0;
