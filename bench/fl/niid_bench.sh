@@ -10,8 +10,11 @@
 #   --jobs J    runs at the same time (default 2)
 #   --threads T threads per run (default 1)
 # Each run appends one JSON line per round (and a summary line) to
-# bench/results/niid-NAME.jsonl as it goes, so an interrupted run keeps its
-# rounds. bench/fl/niid_report.py turns the files into the table of
+# bench/results/niid-NAME.jsonl as it goes and checkpoints its state after
+# every round to bench/results/niid-NAME.ckpt: run the script again and an
+# interrupted run resumes after its last completed round, with the same bits
+# as an uninterrupted run (a resumed round may appear twice in the JSONL; the
+# report keeps the last). A finished run's checkpoint is removed. bench/fl/niid_report.py turns the files into the table of
 # docs/benchmarks.md. A run takes about 25-30 minutes on one core of the
 # reference machine.
 set -euo pipefail
@@ -34,9 +37,12 @@ if [ "$build" = 1 ]; then
 fi
 mkdir -p bench/results
 run() {
-  local name="$1" out="bench/results/niid-$1.jsonl"
-  echo "{\"meta\":true,\"config\":\"bench/fl/$name.json\",\"threads\":$threads,\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\"}" > "$out"
-  ./build-release/orchestrator/cli/fleetdl fl simulate --config "bench/fl/$name.json" --threads "$threads" --json --no-progress >> "$out"
+  local name="$1" out="bench/results/niid-$1.jsonl" ckpt="bench/results/niid-$1.ckpt" resumed=false
+  if [ -f "$ckpt" ] && [ -f "$out" ]; then resumed=true; else : > "$out"; fi
+  echo "{\"meta\":true,\"resumed\":$resumed,\"config\":\"bench/fl/$name.json\",\"threads\":$threads,\"date\":\"$(date -u +%FT%TZ)\",\"commit\":\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\",\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')\"}" >> "$out"
+  ./build-release/orchestrator/cli/fleetdl fl simulate --config "bench/fl/$name.json" --threads "$threads" --json \
+      --no-progress --checkpoint "$ckpt" --resume >> "$out"
+  rm -f "$ckpt"
   echo "$name: done ($(tail -1 "$out" | cut -c1-160))"
 }
 for n in "${names[@]}"; do

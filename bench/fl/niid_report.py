@@ -29,12 +29,13 @@ def main():
         if not path.exists():
             print(f"| {label} | {part} | not run | | | {pub:.2f} | {pub - 0.5:.2f} | |")
             continue
-        rounds, wall = [], []
+        by_round = {}  # a resumed run may repeat a round: keep the last record
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             if "round" in rec and rec.get("accuracy") is not None:
-                rounds.append((rec["round"], 100.0 * rec["accuracy"]))
-                wall.append(rec["wall_seconds"])
+                by_round[rec["round"]] = rec
+        rounds = [(r, 100.0 * by_round[r]["accuracy"]) for r in sorted(by_round)]
+        wall = [by_round[r]["wall_seconds"] for r in sorted(by_round)]
         if not rounds:
             print(f"| {label} | {part} | 0 | | | {pub:.2f} | {pub - 0.5:.2f} | |")
             continue

@@ -1394,14 +1394,139 @@ class FlSimulate(FlTestCase):
 
 # --------------------------------------------------------------------- main
 
+
+class FlCheckpoint(FlTestCase):
+    """--checkpoint / --resume: a run killed after round 2 and resumed ends
+    with the same records and a byte-identical model as an uninterrupted
+    run; damaged, foreign and unsupported checkpoints are refused with one
+    line and change nothing."""
+
+    CFG = {
+        "seed": 3, "rounds": 4, "clients": 8, "model": "cnn1",
+        "dataset": {"train_limit": 1600, "test_limit": 400},
+        "partition": {"kind": "dirichlet", "alpha": 0.5, "min_size": 10},
+        "client": {"lr": 0.05, "momentum": 0.5, "epochs": 1, "batch": 32},
+        "strategy": {"name": "scaffold"},
+        "codec": {"kind": "topk", "topk_fraction": 0.1},
+    }
+
+    def config(self, edits=()):
+        return self.write_config(self._cfg(edits))
+
+    def _cfg(self, edits):
+        cfg = copy.deepcopy(self.CFG)
+        if "FLEETDL_FASHION_MNIST_DIR" in os.environ:
+            cfg["dataset"]["dir"] = DATA_DIR
+        return edited(cfg, list(edits))
+
+    def strip(self, records):
+        return [without(r, "wall_seconds") for r in records]
+
+    def test_resume_matches_uninterrupted(self):
+        cfg = self.config()
+        full_model = self.path("full.fdl")
+        p = self.check_ok(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", full_model])
+        full, _ = fl_records(p)
+        self.assertEqual(len(full), 4)
+        # interrupted: kill the process once two round records are out
+        ckpt = self.path("run.ckpt")
+        args = [FLEETDL, "fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in proc.stdout:
+            seen.append(json.loads(line))
+            if len(seen) == 2:
+                # the checkpoint of round 2 is written right after its record
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    try:
+                        with open(ckpt, "rb") as fh:
+                            data = fh.read()
+                        # magic 8 | version u32 | fingerprint u64 | round u64
+                        if len(data) >= 28 and struct.unpack_from("<Q", data, 20)[0] >= 2:
+                            break
+                    except FileNotFoundError:
+                        pass
+                    time.sleep(0.05)
+                proc.kill()
+                break
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        self.assertGreaterEqual(len(seen), 2)
+        self.assertTrue(os.path.exists(ckpt))
+        resumed_model = self.path("resumed.fdl")
+        args = ["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt, "--resume",
+                "--out", resumed_model]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.assertIn("resuming after round", p.stderr)
+        rest, summary = fl_records(p)
+        first = int(p.stderr.split("resuming after round ")[1].split()[0])
+        self.assertIn(first, (2, 3, 4))
+        self.assertEqual(self.strip(seen[:2]), self.strip(full[:2]))
+        self.assertEqual([r["round"] for r in rest], list(range(first + 1, 5)))
+        self.assertEqual(self.strip(rest), self.strip(full[first:]))
+        with open(full_model, "rb") as a, open(resumed_model, "rb") as b:
+            self.assertEqual(a.read(), b.read(), "resumed run's model differs from the uninterrupted one")
+
+    def _make_checkpoint(self, cfg):
+        ckpt = self.path("ok.ckpt")
+        self.check_ok(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt])
+        with open(ckpt, "rb") as fh:
+            return ckpt, fh.read()
+
+    def test_bad_checkpoints(self):
+        cfg = self.config([("rounds", 1)])
+        ckpt, good = self._make_checkpoint(cfg)
+        flipped = bytearray(good)
+        flipped[len(flipped) // 2] ^= 0x01
+        cases = [
+            ("empty", b"", "too short"),
+            ("magic", b"NOTACKPT" + good[8:], "not a fleetdl simulator checkpoint"),
+            ("truncated", good[:-9], "CRC mismatch"),
+            ("bit_flip", bytes(flipped), "CRC mismatch"),
+        ]
+        for name, data, needle in cases:
+            with self.subTest(case=name):
+                path = self.path(name + ".ckpt")
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", path,
+                                  "--resume"], 1, "fl simulate", [needle], prefix="fleetdl fl simulate: " + path + ": checkpoint: ")
+                with open(path, "rb") as fh:
+                    self.assertEqual(fh.read(), data, "a refused checkpoint must not be touched")
+        # a checkpoint of another experiment (the seed changed)
+        other = self.write_config(self._cfg([("rounds", 1), ("seed", 4)]), "other.json")
+        self.check_error(["fl", "simulate", "--config", other, "--no-progress", "--checkpoint", ckpt, "--resume"], 1,
+                         "fl simulate", ["different experiment"], prefix="fleetdl fl simulate: " + ckpt + ": checkpoint: ")
+        with open(ckpt, "rb") as fh:
+            self.assertEqual(fh.read(), good)
+
+    def test_unsupported_and_usage(self):
+        for name, edits, needle in [
+            ("fedadam", [("strategy", {"name": "fedadam"})], "server optimizer moments"),
+            ("central_dp", [("strategy", {"name": "fedavg"}), ("dp", {"mode": "fixed", "noise_multiplier": 0.5,
+                                                                     "clipping_norm": 1.0})], "central DP"),
+            ("oort", [("selection", {"policy": "oort", "clients_per_round": 4})], "Oort"),
+        ]:
+            with self.subTest(case=name):
+                cfg = self.write_config(self._cfg(edits), name + ".json")
+                self.check_fl_error(cfg, "--checkpoint", [needle], extra=["--checkpoint", self.path("x.ckpt")])
+                self.assertFalse(os.path.exists(self.path("x.ckpt")))
+        cfg = self.config()
+        self.check_error(["fl", "simulate", "--config", cfg, "--resume"], 2, "fl simulate", ["--resume needs --checkpoint"])
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
     "output": [OutputRobustness],
     "train-eval": [TrainEval],
     "fl-bad-config": [FlBadConfig],
-    "fl-simulate": [FlSimulate],
+    "fl-simulate": [FlSimulate, FlCheckpoint],
 }
+
 
 # Groups that need the real Fashion-MNIST (exit 77 without it).
 NEEDS_DATASET = {"train-eval", "fl-simulate"}
