@@ -20,9 +20,8 @@
 // warning without them. All runs use fixed seeds: the numbers below are the
 // same on every run of the same build. Tagged [sim]; the long ones [slow].
 //
-// Two cases are tagged [!shouldfail]: they pin simulator defects found while
-// writing these tests (see the comments there). They pass while the defect
-// is present; once it is fixed they fail, and the tag must be removed.
+// Three cases are regressions for simulator defects found while writing
+// these tests (marked REGRESSION below).
 #include "fleetdl/core/json.hpp"
 #include "fleetdl/core/parallel.hpp"
 #include "fleetdl/data/dataset.hpp"
@@ -579,14 +578,11 @@ TEST_CASE("Simulator: over-commit round time is the K-th finish", "[sim]") {
   CHECK(rec.bytes_down == Approx(13 * run.d4).epsilon(1e-12));
 }
 
-// KNOWN DEFECT (sim/simulator.hpp, step_impl, the `j.late` branch): an
-// over-committed client beyond the first K is charged the energy of its
-// whole timeline, although the round closes at the K-th finish (the comment
-// there says "the K-th finish, fixed below", but nothing below fixes it).
-// Expected: sum over the K kept of E_i + sum over the others of
-// (T_K / t_i) E_i. The setup is checked by the case above; this one holds
-// only the defective value. Remove [!shouldfail] once the simulator is fixed.
-TEST_CASE("Simulator: over-committed stragglers are charged energy up to the K-th finish", "[sim][!shouldfail]") {
+// REGRESSION: an over-committed client beyond the first K was charged the
+// energy of its whole timeline, although the round closes at the K-th
+// finish. Expected: sum over the K kept of E_i + sum over the others of
+// (T_K / t_i) E_i. The setup is checked by the case above.
+TEST_CASE("Simulator: over-committed stragglers are charged energy up to the K-th finish", "[sim]") {
   SIM_REQUIRE_FASHION();
   const auto run = overcommit_run();
   CHECK(run.recs.at(0).energy_joules == Approx(run.want_energy).epsilon(1e-9));
@@ -638,14 +634,12 @@ TEST_CASE("Simulator: deadline-aware selection with 2 local epochs: the fast one
   CHECK(rec.status == sim::RoundStatus::completed);
 }
 
-// KNOWN DEFECT (sim/simulator.hpp, step_impl, deadline-aware selection): the
-// predicted finish time is timeline(c, false), i.e. with cfg = nullptr and
-// so ONE local epoch, whatever the clients are told to run. With 2 epochs the
-// prediction is half the compute: the slow devices, which cannot make the
-// deadline with 2 epochs, are selected and then straggle (selected 20,
-// stragglers 10) instead of being left out (selected 10, no stragglers).
-// Remove [!shouldfail] once the simulator is fixed.
-TEST_CASE("Simulator: deadline-aware selection predicts with the configured epochs", "[sim][!shouldfail]") {
+// REGRESSION: deadline-aware selection once predicted finish times with ONE
+// local epoch whatever the clients run. With 2 epochs the slow devices,
+// which cannot make the deadline, were selected and then straggled
+// (selected 20, stragglers 10) instead of being left out (selected 10, no
+// stragglers).
+TEST_CASE("Simulator: deadline-aware selection predicts with the configured epochs", "[sim]") {
   SIM_REQUIRE_FASHION();
   const auto run = two_epoch_deadline_run();
   CHECK(run.recs.at(0).selected == 10);
@@ -919,15 +913,13 @@ TEST_CASE("Simulator: local DP with abandoned rounds", "[sim]") {
   CHECK(run.recs.back().epsilon >= local_epsilon(2.0, completed) * (1 - 1e-12));
 }
 
-// KNOWN DEFECT (sim/simulator.hpp, step_impl, "privacy spent so far"): local
-// DP epsilon is computed from participations_, which only counts clients of
-// COMPLETED rounds. In an abandoned round the clients that reported still
-// uploaded their privatized updates (bytes_up > 0: the server saw them), so
-// they spent privacy, but the reported epsilon does not move. The busiest of
-// the two clients uploaded at least ceil(uploads / 2) times; with >= 2 lone
-// uploads (checked by the case above) that is more than the completed
-// rounds. Remove [!shouldfail] once the simulator counts uploads.
-TEST_CASE("Simulator: local DP epsilon counts updates sent in abandoned rounds", "[sim][!shouldfail]") {
+// REGRESSION: local DP epsilon once counted only clients of COMPLETED rounds.
+// In an abandoned round the clients that reported still uploaded their
+// privatized updates (bytes_up > 0: the server saw them), so they spent
+// privacy. The busiest of the two clients uploaded at least
+// ceil(uploads / 2) times; with >= 2 lone uploads (checked by the case
+// above) that is more than the completed rounds.
+TEST_CASE("Simulator: local DP epsilon counts updates sent in abandoned rounds", "[sim]") {
   SIM_REQUIRE_FASHION();
   const auto run = local_dp_abandon_run();
   CHECK(run.recs.back().epsilon >= local_epsilon(2.0, (run.uploads + 1) / 2) * (1 - 1e-12));

@@ -291,6 +291,7 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
     FLEETDL_TRY(o->finish());
     c.sim.memory_batch = c.client.batch;
     c.sim.optimizer_slots = c.client.momentum > 0.0 ? 1 : 0;
+    c.sim.predict_epochs = c.client.epochs;
   }
   {  // strategy
     auto o = top.object("strategy", true);

@@ -149,6 +149,7 @@ struct SimOptions {
   int eval_every = 1;           ///< evaluate every n rounds (and always the last)
   Index eval_batch = 1000;
   int optimizer_slots = 1;      ///< for the training-memory estimate (SGD momentum)
+  int predict_epochs = 1;       ///< local epochs deadline-aware selection predicts with (the clients' epochs)
   Index memory_batch = 64;      ///< client batch for the training-memory estimate
   std::uint64_t seed = 1;
   bool client_parallel = true;
@@ -330,7 +331,7 @@ class Simulator {
            i < finish.size(); ++i)
         jobs[finish[i].second].late = true;
     }
-    std::vector<std::size_t> reporting;
+    std::vector<std::size_t> reporting, late;
     double round_time = 0;
     bool someone_late = false;
     for (std::size_t i = 0; i < jobs.size(); ++i) {
@@ -344,22 +345,35 @@ class Simulator {
       } else if (j.late) {
         ++rec.stragglers;
         someone_late = true;
-        // it works until the round closes (deadline, or the K-th finish, fixed below)
-        const double stop = opt_.deadline_seconds > 0.0 ? std::min(opt_.deadline_seconds, j.t.finish()) : j.t.finish();
-        rec.energy_joules += (stop / j.t.finish()) * j.t.energy(p);
+        late.push_back(i);  // charged below, once the round's end is known
       } else {
         reporting.push_back(i);
         round_time = std::max(round_time, j.t.finish());
       }
     }
-    if (someone_late && opt_.deadline_seconds > 0.0 && opt_.selection != SelectionPolicy::overcommit)
+    // A client past the deadline keeps the server waiting until the deadline,
+    // except under over-commit when K clients finished before it (the round
+    // then closes at the K-th finish).
+    bool missed_deadline = false;
+    for (const Job& j : jobs)
+      missed_deadline = missed_deadline || (!j.dropped && opt_.deadline_seconds > 0.0 && j.t.finish() > opt_.deadline_seconds);
+    if (someone_late && missed_deadline &&
+        (opt_.selection != SelectionPolicy::overcommit || static_cast<Index>(reporting.size()) < k))
       round_time = opt_.deadline_seconds;
     if (reporting.empty()) {
       // nobody reports: the server waits for the deadline, or until the last
       // client is known to be gone
       double last = 0;
       for (const Job& j : jobs) last = std::max(last, j.dropped ? j.drop_at : j.t.finish());
+      // (nobody selected and no deadline: the round takes no time)
       round_time = opt_.deadline_seconds > 0.0 ? opt_.deadline_seconds : last;
+    }
+    // a straggler works until the round closes: the deadline, or the K-th
+    // finish under over-commit
+    for (const std::size_t i : late) {
+      const Job& j = jobs[i];
+      const double stop = std::min(round_time, j.t.finish());
+      rec.energy_joules += (stop / j.t.finish()) * j.t.energy(profile(j.ins.client));
     }
 
     // 4. local training of the reporting clients
@@ -429,6 +443,8 @@ class Simulator {
     } else {
       rec.status = RoundStatus::abandoned;
       ++abandoned_;
+      // the reporting clients still sent their (privatized) updates
+      for (const std::size_t i : reporting) ++participations_[static_cast<std::size_t>(jobs[i].ins.client)];
     }
     rec.round_seconds = round_time;
     clock_ += round_time;
@@ -704,7 +720,7 @@ public:
   Timeline timeline(Index c, bool straggle, const fl::ClientConfig* cfg = nullptr) const {
     const auto& p = profile(c);
     const double speed = static_cast<double>(fleet_[static_cast<std::size_t>(c)].speed);
-    const int epochs = cfg ? cfg->epochs : 1;
+    const int epochs = cfg ? cfg->epochs : opt_.predict_epochs;
     const double samples = static_cast<double>(parts_[static_cast<std::size_t>(c)].size());
     const Index d = cost_.params;
     Timeline t;
