@@ -517,7 +517,7 @@ int cmd_fl(int argc, char** argv) {
   auto model = nn::make_model<float>(cfg.model, train->shape, train->classes);
   if (!model) return fail(cmd, model.error().message);
   model->init(fleetdl::Rng(cfg.seed).fork(0x1417).next_u64());
-  auto bundle = sim::make_strategy<float>(cfg);
+  auto bundle = sim::make_strategy<float>(cfg, &*model);
   if (!bundle) return fail(cmd, path + ": " + bundle.error().message, 2);
   const std::string strategy_name = bundle->strategy->name();
   std::vector<sim::DeviceProfile> profiles = cfg.profiles;

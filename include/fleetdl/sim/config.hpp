@@ -18,6 +18,7 @@
 #include "fleetdl/fl/dp.hpp"
 #include "fleetdl/fl/fedavg.hpp"
 #include "fleetdl/fl/fednova.hpp"
+#include "fleetdl/fl/heterofl.hpp"
 #include "fleetdl/fl/fedopt.hpp"
 #include "fleetdl/fl/fedprox.hpp"
 #include "fleetdl/fl/qfedavg.hpp"
@@ -40,7 +41,7 @@ namespace fleetdl::sim {
 
 inline constexpr std::string_view strategy_names[] = {
     "fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova",
-    "qfedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"};
+    "qfedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "heterofl"};
 
 struct PartitionSpec {
   std::string kind = "iid";  ///< iid | dirichlet | shards | k_labels
@@ -427,6 +428,9 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
         FLEETDL_CFG(d.dropout, o->number("dropout", 0.0, false, unit));
         FLEETDL_CFG(d.straggler_probability, o->number("straggler_probability", 0.0, false, unit));
         FLEETDL_CFG(d.straggler_slowdown, o->number("straggler_slowdown", 4.0, false, at_least_one));
+        FLEETDL_CFG(d.width, o->number("width", 1.0, false, fraction));
+        if (d.width < 1.0 && c.strategy.name != "heterofl")
+          return bad(o->key("width"), "a sub-model width below 1 needs strategy heterofl (got " + fmt(d.width) + ")");
         FLEETDL_TRY(o->finish());
         c.profiles.push_back(std::move(d));
       }
@@ -451,6 +455,8 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
   if (s == "fedtrimmedavg" && static_cast<Index>(c.strategy.beta * static_cast<double>(n)) < f)
     return too_many("the trimmed mean needs floor(beta n) >= f");
   if (s == "fednova" && c.client.momentum >= 1.0) return bad("client.momentum", "must be < 1 for fednova");
+  if (s == "heterofl" && c.dp.mode != "none" && c.dp.mode != "local")
+    return bad("dp.mode", "central DP is not supported around heterofl (sub-model updates differ in size)");
   if (c.dp.mode == "fixed" || c.dp.mode == "adaptive") {
     if (s == "scaffold") return bad("dp.mode", "central DP is not supported around scaffold (its control variates are not clipped)");
   }
@@ -458,8 +464,9 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
 }
 
 /// The strategy (with DP wrappers) a config names, and the simulator hooks.
+/// `model` is needed by heterofl (its layer plan); others ignore it.
 template <class S>
-Result<StrategyBundle<S>> make_strategy(const SimConfig& c) {
+Result<StrategyBundle<S>> make_strategy(const SimConfig& c, const nn::Model<S>* model = nullptr) {
   StrategyBundle<S> b;
   const auto& s = c.strategy;
   fl::FedAvgOptions base;
@@ -537,6 +544,14 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c) {
     st = std::make_unique<fl::Krum<S>>(s.f, s.m, fl::Weighting::examples, base);
   } else if (s.name == "bulyan") {
     st = std::make_unique<fl::Bulyan<S>>(s.f, base);
+  } else if (s.name == "heterofl") {
+    if (!model) return make_error(Errc::invalid_argument, "strategy.name: heterofl needs the model to plan its sub-models");
+    fl::HeteroFLOptions o;
+    static_cast<fl::FedAvgOptions&>(o) = base;
+    auto h = fl::HeteroFL<S>::create(*model, o);
+    if (!h) return make_error(h.error().code, "strategy.name: heterofl: " + h.error().message);
+    st = std::make_unique<fl::HeteroFL<S>>(std::move(*h));
+    b.heterofl = true;
   } else {
     return make_error(Errc::invalid_argument, "strategy.name: unknown strategy '" + s.name + "'");
   }

@@ -58,6 +58,7 @@ struct DeviceProfile {
   double dropout = 0.0;                 ///< P(drops out during a round it was selected for)
   double straggler_probability = 0.0;   ///< P(runs slow this round)
   double straggler_slowdown = 4.0;      ///< compute time factor when it does
+  double width = 1.0;                   ///< HeteroFL: sub-model width this class trains, in (0, 1]
 };
 
 /// A device of the fleet: its class and speed factor (8 bytes).
@@ -106,6 +107,7 @@ inline Result<void> validate(const DeviceProfile& p) {
   FLEETDL_TRY(prob("straggler_probability", p.straggler_probability));
   if (!(p.straggler_slowdown >= 1.0) || !std::isfinite(p.straggler_slowdown))
     return bad("straggler_slowdown", "must be a finite number >= 1", p.straggler_slowdown);
+  if (!(p.width > 0.0 && p.width <= 1.0)) return bad("width", "must be in (0, 1]", p.width);
   return success();
 }
 

@@ -58,6 +58,7 @@
 #include "fleetdl/fl/codec.hpp"
 #include "fleetdl/fl/dp.hpp"
 #include "fleetdl/fl/fedprox.hpp"
+#include "fleetdl/fl/heterofl.hpp"
 #include "fleetdl/fl/scaffold.hpp"
 #include "fleetdl/fl/selection.hpp"
 #include "fleetdl/fl/strategy.hpp"
@@ -162,6 +163,7 @@ struct StrategyBundle {
   fl::Scaffold<S>* scaffold = nullptr;               ///< SCAFFOLD in the chain: send c, collect delta c_i
   const fl::RdpAccountant* accountant = nullptr;     ///< central DP in the chain: report epsilon
   bool needs_loss_before = false;                    ///< q-FedAvg: clients report F_i(w_t)
+  bool heterofl = false;                             ///< HeteroFL: devices train their profile's width
   /// Why the strategy's server state cannot be checkpointed (empty: it can —
   /// stateless strategies and SCAFFOLD, whose c the simulator saves).
   std::string no_checkpoint;
@@ -228,6 +230,16 @@ class Simulator {
     Simulator s(std::move(model), std::move(bundle), train, test, std::move(parts), classes, std::move(*fleet), opt,
                 pool);
     s.cost_ = model_cost(cost, sizeof(float));
+    if (s.bundle_.heterofl) {
+      s.hetero_ = true;
+      for (const auto& p : s.classes_) {
+        if (!(p.width > 0.0 && p.width <= 1.0))
+          return make_error(Errc::invalid_argument, "profile '" + p.name + "': width must be in (0, 1]");
+        auto sub = fl::make_submodel(s.model_, p.width);
+        if (!sub) return make_error(sub.error().code, "profile '" + p.name + "': " + sub.error().message);
+        s.class_cost_.push_back(model_cost(sub->cost_report(), sizeof(float)));
+      }
+    }
     s.setup();
     return s;
   }
@@ -294,7 +306,10 @@ class Simulator {
         break;
       }
     }
-    const auto instructions = bundle_.strategy->configure(r, chosen, select_rng);
+    auto instructions = bundle_.strategy->configure(r, chosen, select_rng);
+    if (hetero_)
+      for (auto& ins : instructions)
+        if (ins.client >= 0 && ins.client < clients()) ins.config.width = profile(ins.client).width;
     rec.selected = static_cast<Index>(instructions.size());
     rec.required = std::max(opt_.min_clients, bundle_.strategy->min_updates());
 
@@ -681,9 +696,13 @@ public:
     const std::size_t n = parts_.size();
     const int extra = bundle_.scaffold ? 3 : 1;  // the received global (+ c and c_i)
     train_mem_ = training_memory_bytes(cost_, opt_.memory_batch, opt_.optimizer_slots, extra);
+    std::vector<double> class_mem(classes_.size(), train_mem_);
+    if (hetero_)
+      for (std::size_t k = 0; k < classes_.size(); ++k)
+        class_mem[k] = training_memory_bytes(class_cost_[k], opt_.memory_batch, opt_.optimizer_slots, extra);
     eligible_.assign(n, false);
     for (std::size_t c = 0; c < n; ++c)
-      eligible_[c] = !parts_[c].empty() && classes_[fleet_[c].profile].memory_bytes >= train_mem_;
+      eligible_[c] = !parts_[c].empty() && classes_[fleet_[c].profile].memory_bytes >= class_mem[fleet_[c].profile];
     participations_.assign(n, 0);
     if (bundle_.scaffold) scaffold_.resize(n);
     if (opt_.codec == UpdateCodec::topk) feedback_.assign(n, fl::ErrorFeedback<S>(0));
@@ -700,6 +719,12 @@ public:
   }
 
   const DeviceProfile& profile(Index c) const { return classes_[fleet_[static_cast<std::size_t>(c)].profile]; }
+
+  /// The cost of the model a device trains: the full model, or (HeteroFL)
+  /// its profile's width-scaled sub-model.
+  const ModelCost& cost_of(Index c) const {
+    return hetero_ ? class_cost_[fleet_[static_cast<std::size_t>(c)].profile] : cost_;
+  }
 
   /// Encoded upload size of one update of dimension d.
   double upload_bytes(Index d) const {
@@ -719,12 +744,13 @@ public:
 
   Timeline timeline(Index c, bool straggle, const fl::ClientConfig* cfg = nullptr) const {
     const auto& p = profile(c);
+    const ModelCost& mc = cost_of(c);
     const double speed = static_cast<double>(fleet_[static_cast<std::size_t>(c)].speed);
     const int epochs = cfg ? cfg->epochs : opt_.predict_epochs;
     const double samples = static_cast<double>(parts_[static_cast<std::size_t>(c)].size());
-    const Index d = cost_.params;
+    const Index d = mc.params;
     Timeline t;
-    t.macs = 3.0 * cost_.forward_macs_per_sample * samples * epochs;
+    t.macs = 3.0 * mc.forward_macs_per_sample * samples * epochs;
     t.compute = t.macs / (p.macs_per_second * speed) * (straggle ? p.straggler_slowdown : 1.0);
     t.bytes_down = static_cast<double>(d) * sizeof(float) * (bundle_.scaffold ? 2.0 : 1.0);
     t.bytes_up = upload_bytes(d) + (bundle_.scaffold ? static_cast<double>(d) * sizeof(float) : 0.0);
@@ -736,7 +762,7 @@ public:
   /// Local training of one client. Returns its update and last-epoch loss;
   /// the client-side state it would keep is staged in `st`.
   Result<std::pair<fl::ClientUpdate<S>, double>> train_client(long r, const fl::ClientInstruction& ins,
-                                                              const Vector<S>& global, const Vector<S>& server_c,
+                                                              const Vector<S>& global_model, const Vector<S>& server_c,
                                                               ThreadPool* inner, ClientSideState& st) {
     const Index c = ins.client;
     const auto& cfg = ins.config;
@@ -747,7 +773,16 @@ public:
       for (auto& y : local.labels) y = static_cast<std::uint8_t>(local.classes - 1 - y);
     Rng crng = rng_.fork(static_cast<std::uint64_t>(r)).fork(3).fork(static_cast<std::uint64_t>(c));
     nn::Model<S> m = model_;
-    m.params() = global;
+    m.params() = global_model;
+    if (cfg.width < 1.0) {  // HeteroFL: this device trains a width-scaled sub-model
+      if (cfg.scaffold)
+        return make_error(Errc::unsupported, "client " + std::to_string(c) + ": SCAFFOLD with sub-models is not supported");
+      auto sub = fl::make_submodel(m, cfg.width);
+      if (!sub) return std::move(sub).error();
+      m = std::move(*sub);
+    }
+    // what this client starts from: the global model, or its sub-model's share
+    const Vector<S> global = m.params();
 
     fl::ClientUpdate<S> u;
     u.client = c;
@@ -864,6 +899,8 @@ public:
   ThreadPool* pool_;
   Rng rng_;
   ModelCost cost_;
+  bool hetero_ = false;
+  std::vector<ModelCost> class_cost_;  ///< HeteroFL: the cost of each profile's sub-model
   double train_mem_ = 0;
   std::vector<bool> eligible_, malicious_;
   std::vector<std::int32_t> participations_;
