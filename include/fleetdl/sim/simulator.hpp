@@ -421,7 +421,7 @@ class Simulator {
     if (opt_.client_parallel && pool_ && pool_->size() > 1 && reporting.size() > 1)
       pool_->run(static_cast<int>(reporting.size()), [&](int i) { run_client(static_cast<std::size_t>(i), nullptr); });
     else
-      for (std::size_t i = 0; i < reporting.size(); ++i) run_client(i, pool_);
+      for (std::size_t i = 0; i < reporting.size(); ++i) run_client(i, opt_.client_parallel ? nullptr : pool_);
     for (const auto& e : errors)
       if (e.code != Errc::ok) return e;
 
@@ -562,7 +562,7 @@ public:
       return bad(Errc::truncated, "truncated header");
     if (fp != fingerprint) return bad(Errc::invalid_argument, "it was written by a different experiment (config or seed changed)");
     if (n != static_cast<std::uint64_t>(clients())) return bad(Errc::corrupt, "client count differs");
-    if (round > static_cast<std::uint64_t>(opt_.rounds) || completed + abandoned != round || !std::isfinite(clock) || clock < 0)
+    if (round > static_cast<std::uint64_t>(opt_.rounds) || completed > round || abandoned > round || completed + abandoned != round || !std::isfinite(clock) || clock < 0)
       return bad(Errc::corrupt, "inconsistent round counters");
     constexpr std::size_t scalar_bytes = sizeof(S) == 8 ? 8 : 4;
     auto vec = [&](Index want_max, Vector<S>& out, bool exact) -> bool {
