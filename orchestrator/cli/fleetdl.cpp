@@ -553,9 +553,6 @@ int cmd_fl(int argc, char** argv) {
                 strategy_name.c_str(), cfg.model.c_str(), static_cast<long long>(s.clients()),
                 static_cast<long long>(s.eligible_clients()), cfg.partition.kind.c_str(), cfg.sim.rounds, cfg.threads,
                 s.bytes_per_client());
-  double best = -1, last = std::numeric_limits<double>::quiet_NaN(), wall = 0, bytes_up = 0, bytes_down = 0,
-         energy = 0;
-  long best_round = 0;
   auto rec_json = [&](const sim::RoundRecord& r) {
     std::ostringstream o;
     o << "{\"round\":" << r.round << ",\"status\":\"" << sim::to_string(r.status) << "\""
@@ -571,17 +568,6 @@ int cmd_fl(int argc, char** argv) {
   };
   std::optional<fleetdl::Error> ckpt_error;
   auto on_round = [&](const sim::RoundRecord& r) {
-    wall += r.wall_seconds;
-    bytes_up += r.bytes_up;
-    bytes_down += r.bytes_down;
-    energy += r.energy_joules;
-    if (std::isfinite(r.accuracy)) {
-      last = r.accuracy;
-      if (r.accuracy > best) {
-        best = r.accuracy;
-        best_round = r.round;
-      }
-    }
     if (json) {
       std::printf("%s\n", rec_json(r).c_str());
     } else {
@@ -612,9 +598,13 @@ int cmd_fl(int argc, char** argv) {
   }
   if (ckpt_error) return fail(cmd, "checkpoint: " + ckpt_error->message);
   if (!done) return fail(cmd, "round " + std::to_string(s.round() + 1) + ": " + done.error().message);
+  // totals over the whole run, rounds before a --resume included
+  const sim::RunTotals& t = s.totals();
+  const double best = t.best_accuracy < 0 ? std::numeric_limits<double>::quiet_NaN() : t.best_accuracy;
+  const double last = t.last_accuracy < 0 ? std::numeric_limits<double>::quiet_NaN() : t.last_accuracy;
   if (!out.empty()) {
     io::Metadata meta = {{"model", cfg.model}, {"strategy", strategy_name}, {"rounds", std::to_string(cfg.sim.rounds)},
-                         {"seed", std::to_string(cfg.seed)}, {"test_accuracy", num(last)}};
+                         {"seed", std::to_string(cfg.seed)}, {"test_accuracy", std::isfinite(last) ? num(last) : "none"}};
     auto saved = io::save_model(out, s.model(), meta);
     if (!saved) return fail(cmd, saved.error().message);
   }
@@ -623,16 +613,17 @@ int cmd_fl(int argc, char** argv) {
     o << "{\"summary\":true,\"strategy\":\"" << json_escape(strategy_name) << "\",\"model\":\"" << json_escape(cfg.model)
       << "\",\"clients\":" << s.clients() << ",\"eligible_clients\":" << s.eligible_clients()
       << ",\"rounds\":" << cfg.sim.rounds << ",\"completed_rounds\":" << s.completed_rounds()
-      << ",\"abandoned_rounds\":" << s.abandoned_rounds() << ",\"best_accuracy\":" << json_num(best < 0 ? NAN : best)
-      << ",\"best_round\":" << best_round << ",\"last_accuracy\":" << json_num(last)
-      << ",\"bytes_up\":" << fleetdl::json::number(bytes_up) << ",\"bytes_down\":" << fleetdl::json::number(bytes_down)
-      << ",\"energy_joules\":" << json_num(energy) << ",\"clock_seconds\":" << json_num(s.clock_seconds())
-      << ",\"wall_seconds\":" << json_num(wall) << ",\"bytes_per_client\":" << json_num(s.bytes_per_client())
+      << ",\"abandoned_rounds\":" << s.abandoned_rounds() << ",\"best_accuracy\":" << json_num(best)
+      << ",\"best_round\":" << t.best_round << ",\"last_accuracy\":" << json_num(last)
+      << ",\"bytes_up\":" << fleetdl::json::number(t.bytes_up) << ",\"bytes_down\":" << fleetdl::json::number(t.bytes_down)
+      << ",\"energy_joules\":" << json_num(t.energy_joules) << ",\"clock_seconds\":" << json_num(s.clock_seconds())
+      << ",\"wall_seconds\":" << json_num(t.wall_seconds) << ",\"bytes_per_client\":" << json_num(s.bytes_per_client())
       << ",\"training_memory_bytes\":" << json_num(s.training_memory()) << ",\"threads\":" << cfg.threads << "}";
     std::printf("%s\n", o.str().c_str());
   } else {
     std::printf("best accuracy %s (round %ld), last %s; %ld completed, %ld abandoned; %.1f s wall, %s s simulated\n",
-                num(best).c_str(), best_round, num(last).c_str(), s.completed_rounds(), s.abandoned_rounds(), wall,
+                std::isfinite(best) ? num(best).c_str() : "-", t.best_round, std::isfinite(last) ? num(last).c_str() : "-",
+                s.completed_rounds(), s.abandoned_rounds(), t.wall_seconds,
                 num(s.clock_seconds()).c_str());
   }
   return 0;

@@ -723,6 +723,9 @@ FL_BAD_VALUES = [
     ("batch_negative", [("client.batch", -32)], "client.batch", ["must be an integer in [1, ", "(got -32)"]),
     ("momentum_one", [("client.momentum", 1.0)], "client.momentum", ["must be in [0, 1)", "(got 1)"]),
     ("momentum_negative", [("client.momentum", -0.5)], "client.momentum", ["must be in [0, 1)", "(got -0.5)"]),
+    ("weight_decay_one", [("client.weight_decay", 1.0)], "client.weight_decay", ["must be in [0, 1)", "(got 1)"]),
+    ("weight_decay_negative", [("client.weight_decay", -0.25)], "client.weight_decay", ["must be in [0, 1)", "(got -0.25)"]),
+    ("weight_decay_string", [("client.weight_decay", "1e-5")], "client.weight_decay", ["must be a number"]),
     ("unknown_model", [("model", "resnet50")], "model", ["unknown value 'resnet50'", "known:", "cnn1"]),
     ("unknown_strategy", [("strategy.name", "fedsgd")], "strategy.name",
      ["unknown value 'fedsgd'", "known:", "fedavg", "bulyan"]),
@@ -1426,7 +1429,7 @@ class FlCheckpoint(FlTestCase):
         cfg = self.config()
         full_model = self.path("full.fdl")
         p = self.check_ok(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", full_model])
-        full, _ = fl_records(p)
+        full, full_summary = fl_records(p)
         self.assertEqual(len(full), 4)
         # interrupted: kill the process once two round records are out
         ckpt = self.path("run.ckpt")
@@ -1469,6 +1472,18 @@ class FlCheckpoint(FlTestCase):
         self.assertEqual(self.strip(rest), self.strip(full[first:]))
         with open(full_model, "rb") as a, open(resumed_model, "rb") as b:
             self.assertEqual(a.read(), b.read(), "resumed run's model differs from the uninterrupted one")
+        # the summary covers the whole run, rounds before the resume included
+        # (wall time is host time and differs)
+        self.assertEqual(without(summary, "wall_seconds"), without(full_summary, "wall_seconds"))
+        # resuming a finished run runs nothing and still reports the whole run
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.assertIn("resuming after round 4 of 4", p.stderr)
+        rest, summary = fl_records(p)
+        self.assertEqual(rest, [])
+        self.assertEqual(without(summary, "wall_seconds"), without(full_summary, "wall_seconds"))
+        with open(full_model, "rb") as a, open(resumed_model, "rb") as b:
+            self.assertEqual(a.read(), b.read())
 
     def _make_checkpoint(self, cfg):
         ckpt = self.path("ok.ckpt")

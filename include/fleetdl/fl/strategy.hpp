@@ -26,6 +26,7 @@ namespace fleetdl::fl {
 struct ClientConfig {
   double lr = 0.01;        ///< local learning rate (eta_l)
   double momentum = 0.0;   ///< local SGD momentum
+  double weight_decay = 0.0;  ///< local SGD L2 weight decay (added to the gradient, as torch.optim.SGD)
   int epochs = 1;          ///< local epochs
   Index batch = 32;        ///< local batch size
   double prox_mu = 0.0;    ///< FedProx: add mu/2 ||w - w_t||^2 to the local loss

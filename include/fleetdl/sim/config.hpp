@@ -287,6 +287,7 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
     if (!o) return std::move(o).error();
     FLEETDL_CFG(c.client.lr, o->number("lr", 0, true, positive));
     FLEETDL_CFG(c.client.momentum, o->number("momentum", 0.0, false, unit_open_right));
+    FLEETDL_CFG(c.client.weight_decay, o->number("weight_decay", 0.0, false, unit_open_right));
     FLEETDL_CFG(c.client.epochs, o->integer("epochs", 0, true, 1, 100000));
     FLEETDL_CFG(c.client.batch, o->integer("batch", 0, true, 1, 1 << 20));
     FLEETDL_TRY(o->finish());

@@ -194,6 +194,16 @@ struct RoundRecord {
   double wall_seconds = 0;    ///< host time of this round
 };
 
+/// Totals over every round run so far, kept (and checkpointed) by the
+/// simulator so that a resumed run reports the whole run.
+struct RunTotals {
+  double best_accuracy = -1;  ///< -1: no round evaluated yet
+  long best_round = 0;
+  double last_accuracy = -1;  ///< -1: no round evaluated yet
+  double bytes_up = 0, bytes_down = 0, energy_joules = 0;
+  double wall_seconds = 0;    ///< host time, summed over the rounds (all sessions)
+};
+
 template <class S>
 class Simulator {
  public:
@@ -248,7 +258,19 @@ class Simulator {
   /// the round's updates) leaves the global model and all state unchanged.
   Result<RoundRecord> step() {
     auto rec = step_impl(round_ + 1);
-    if (rec) ++round_;
+    if (!rec) return rec;
+    ++round_;
+    totals_.bytes_up += rec->bytes_up;
+    totals_.bytes_down += rec->bytes_down;
+    totals_.energy_joules += rec->energy_joules;
+    totals_.wall_seconds += rec->wall_seconds;
+    if (std::isfinite(rec->accuracy)) {
+      totals_.last_accuracy = rec->accuracy;
+      if (rec->accuracy > totals_.best_accuracy) {
+        totals_.best_accuracy = rec->accuracy;
+        totals_.best_round = rec->round;
+      }
+    }
     return rec;
   }
 
@@ -269,7 +291,7 @@ class Simulator {
     const auto wall0 = std::chrono::steady_clock::now();
     RoundRecord rec;
     rec.round = r;
-    Rng rr = rng_.fork(static_cast<std::uint64_t>(r));
+    Rng rr = round_rng(r);
     Rng select_rng = rr.fork(1), event_rng = rr.fork(2);
 
     // 1. availability
@@ -515,6 +537,13 @@ public:
     w.u64(static_cast<std::uint64_t>(completed_));
     w.u64(static_cast<std::uint64_t>(abandoned_));
     w.f64(clock_);
+    w.f64(totals_.best_accuracy);
+    w.u64(static_cast<std::uint64_t>(totals_.best_round));
+    w.f64(totals_.last_accuracy);
+    w.f64(totals_.bytes_up);
+    w.f64(totals_.bytes_down);
+    w.f64(totals_.energy_joules);
+    w.f64(totals_.wall_seconds);
     w.u64(static_cast<std::uint64_t>(clients()));
     auto vec = [&](const auto& v) {
       w.u64(static_cast<std::uint64_t>(v.size()));
@@ -558,12 +587,22 @@ public:
     double clock = 0;
     if (!r.u32(version)) return bad(Errc::truncated, "truncated header");
     if (version != ckpt_version) return bad(Errc::bad_version, "version " + std::to_string(version) + " is not supported");
-    if (!r.u64(fp) || !r.u64(round) || !r.u64(completed) || !r.u64(abandoned) || !r.f64(clock) || !r.u64(n))
+    RunTotals tot;
+    std::uint64_t best_round = 0;
+    if (!r.u64(fp) || !r.u64(round) || !r.u64(completed) || !r.u64(abandoned) || !r.f64(clock) ||
+        !r.f64(tot.best_accuracy) || !r.u64(best_round) || !r.f64(tot.last_accuracy) || !r.f64(tot.bytes_up) ||
+        !r.f64(tot.bytes_down) || !r.f64(tot.energy_joules) || !r.f64(tot.wall_seconds) || !r.u64(n))
       return bad(Errc::truncated, "truncated header");
     if (fp != fingerprint) return bad(Errc::invalid_argument, "it was written by a different experiment (config or seed changed)");
     if (n != static_cast<std::uint64_t>(clients())) return bad(Errc::corrupt, "client count differs");
     if (round > static_cast<std::uint64_t>(opt_.rounds) || completed > round || abandoned > round || completed + abandoned != round || !std::isfinite(clock) || clock < 0)
       return bad(Errc::corrupt, "inconsistent round counters");
+    const auto accuracy_ok = [](double a) { return a == -1.0 || (a >= 0.0 && a <= 1.0); };
+    const auto total_ok = [](double v) { return std::isfinite(v) && v >= 0.0; };
+    if (!accuracy_ok(tot.best_accuracy) || !accuracy_ok(tot.last_accuracy) || best_round > round ||
+        !total_ok(tot.bytes_up) || !total_ok(tot.bytes_down) || !total_ok(tot.energy_joules) || !total_ok(tot.wall_seconds))
+      return bad(Errc::corrupt, "inconsistent run totals");
+    tot.best_round = static_cast<long>(best_round);
     constexpr std::size_t scalar_bytes = sizeof(S) == 8 ? 8 : 4;
     auto vec = [&](Index want_max, Vector<S>& out, bool exact) -> bool {
       std::uint64_t len = 0;
@@ -623,6 +662,7 @@ public:
     completed_ = static_cast<long>(completed);
     abandoned_ = static_cast<long>(abandoned);
     clock_ = clock;
+    totals_ = tot;
     return success();
   }
 
@@ -637,6 +677,8 @@ public:
   long completed_rounds() const { return completed_; }
   long abandoned_rounds() const { return abandoned_; }
   double clock_seconds() const { return clock_; }
+  /// Totals over every round run, including those before a restore.
+  const RunTotals& totals() const { return totals_; }
   const std::vector<Device>& fleet() const { return fleet_; }
   const ModelCost& model_cost_summary() const { return cost_; }
   Index eligible_clients() const { return static_cast<Index>(std::count(eligible_.begin(), eligible_.end(), true)); }
@@ -771,7 +813,7 @@ public:
     const bool bad = malicious_[static_cast<std::size_t>(c)];
     if (bad && opt_.attack.kind == AttackKind::label_flip)
       for (auto& y : local.labels) y = static_cast<std::uint8_t>(local.classes - 1 - y);
-    Rng crng = rng_.fork(static_cast<std::uint64_t>(r)).fork(3).fork(static_cast<std::uint64_t>(c));
+    Rng crng = round_rng(r).fork(3).fork(static_cast<std::uint64_t>(c));
     nn::Model<S> m = model_;
     m.params() = global_model;
     if (cfg.width < 1.0) {  // HeteroFL: this device trains a width-scaled sub-model
@@ -798,6 +840,7 @@ public:
     nn::SgdOptions so;
     so.lr = cfg.lr;
     so.momentum = cfg.momentum;
+    so.weight_decay = cfg.weight_decay;
     nn::Sgd<S> opt(so);
     nn::TrainOptions to;
     to.epochs = cfg.epochs;
@@ -883,6 +926,10 @@ public:
     return std::make_pair(std::move(u), last_loss);
   }
 
+  /// Round r's stream, under a tag of its own so that no round number can
+  /// meet the run's other streams (attackers, fleet draw, partition).
+  Rng round_rng(long r) const { return rng_.fork(round_stream_tag).fork(static_cast<std::uint64_t>(r)); }
+
   void commit(Index c, ClientSideState& st) {
     if (st.has_scaffold) scaffold_[static_cast<std::size_t>(c)] = std::move(st.scaffold);
     if (st.has_feedback) feedback_[static_cast<std::size_t>(c)] = std::move(st.feedback);
@@ -908,10 +955,12 @@ public:
   std::vector<fl::ErrorFeedback<S>> feedback_;
   std::optional<fl::OortSelector> oort_;
   static constexpr char ckpt_magic[8] = {'F', 'D', 'L', 'S', 'I', 'M', 'C', 'K'};
-  static constexpr std::uint32_t ckpt_version = 1;
+  static constexpr std::uint32_t ckpt_version = 2;  // 2: run totals; round streams under their own tag
+  static constexpr std::uint64_t round_stream_tag = 0x524F554E44;  // "ROUND"
   std::function<void(long, Index, Index)> on_client_;
   long round_ = 0, completed_ = 0, abandoned_ = 0;
   double clock_ = 0;
+  RunTotals totals_;
 };
 
 }  // namespace fleetdl::sim
