@@ -6,10 +6,13 @@
 //   fleetdl eval  m.fdl --dataset fashion-mnist --threads T [--json]
 //   fleetdl info  (m.fdl | --model NAME) [--recurse] [--json]
 //   fleetdl fl simulate --config FILE [--json] [--threads T] [--data-dir DIR]
-//                 [--out m.fdl]   (schema: docs/fl-simulate.md)
+//                 [--out m.fdl] [--checkpoint F [--resume]] [--no-progress]
+//                 (schema: docs/fl-simulate.md)
 //
 // Errors: one line "fleetdl <cmd>: <what>" on stderr, exit 2 for usage errors
-// and 1 for runtime failures; nothing is written unless the command succeeds.
+// and 1 for runtime failures; nothing is written unless the command succeeds
+// (except `fl simulate --checkpoint`, which replaces its file atomically
+// after every round so that an interrupted run can resume).
 #include "fleetdl/core.hpp"
 #include "fleetdl/data.hpp"
 #include "fleetdl/io.hpp"
@@ -498,6 +501,14 @@ int cmd_fl(int argc, char** argv) {
   }
   const std::string ckpt = a.str("--checkpoint", "");
   if (a.has("--resume") && ckpt.empty()) throw UsageError{"--resume needs --checkpoint FILE"};
+  if (!ckpt.empty()) {
+    // fail before the first round, not after it, if the checkpoint cannot be written
+    const auto parent = std::filesystem::path(ckpt).parent_path();
+    std::error_code ec;
+    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+      return fail(cmd, ckpt + ": directory '" + parent.string() + "' does not exist");
+    if (std::filesystem::is_directory(ckpt, ec)) return fail(cmd, ckpt + ": is a directory");
+  }
   // the experiment's identity for checkpoints: the config text (and the
   // thread count when results depend on it)
   std::uint64_t fingerprint = 0xcbf29ce484222325ULL;

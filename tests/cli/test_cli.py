@@ -757,7 +757,9 @@ FL_BAD_VALUES = [
     ("profile_macs_per_second_negative", [("profiles", [{"macs_per_second": -5}])], "profiles[0].macs_per_second",
      ["must be a finite number > 0", "(got -5)"]),
     ("profile_weight_zero", [("profiles", [{"weight": 0}])], "profiles[0].weight",
-     ["must be a finite number > 0", "(got 0)"]),
+     ["must be a number in (0, 1e12]", "(got 0)"]),
+    ("profile_weight_huge", [("profiles", [{"weight": 1e300}, {}])], "profiles[0].weight",
+     ["must be a number in (0, 1e12]", "(got 1e+300)"]),
     ("second_profile_bad", [("profiles", [{"name": "fast"}, {"name": "slow", "straggler_probability": 2}])],
      "profiles[1].straggler_probability", ["must be in [0, 1]", "(got 2)"]),
     ("profiles_empty", [("profiles", [])], "profiles", ["at least one"]),
@@ -776,7 +778,9 @@ FL_BAD_VALUES = [
     ("deadline_negative", [("selection", {"deadline_seconds": -1})], "selection.deadline_seconds",
      ["must be a finite number >= 0", "(got -1)"]),
     ("overcommit_below_one", [("selection", {"policy": "overcommit", "overcommit": 0.9})], "selection.overcommit",
-     ["must be a finite number >= 1", "(got 0.9)"]),
+     ["must be a number in [1, 100]", "(got 0.9)"]),
+    ("overcommit_huge", [("selection", {"policy": "overcommit", "overcommit": 1e9})], "selection.overcommit",
+     ["must be a number in [1, 100]", "(got 1e+09)"]),
     ("unknown_selection_policy", [("selection", {"policy": "random"})], "selection.policy",
      ["unknown value 'random'", "uniform"]),
     # dp
@@ -821,6 +825,9 @@ FL_BAD_CROSS_KEY = [
     ("central_dp_around_scaffold",
      [("strategy", {"name": "scaffold"}), ("dp", {"mode": "fixed", "noise_multiplier": 1.0, "clipping_norm": 1.0})],
      "dp.mode", ["not supported around scaffold"]),
+    ("local_dp_with_scaffold",
+     [("strategy", {"name": "scaffold"}), ("dp", {"mode": "local", "noise_multiplier": 1.0, "clipping_norm": 1.0})],
+     "dp.mode", ["local DP is not supported with scaffold", "unprivatized update"]),
 ]
 
 # Each required key, removed.
@@ -1101,6 +1108,21 @@ class FlBadConfig(FlTestCase):
         os.makedirs(adir)
         self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", adir], 1,
                          "fl simulate", [adir, "is a directory"])
+
+    def test_checkpoint_unwritable(self):
+        """--checkpoint whose directory is missing, or that names a directory,
+        is reported before the first round: exit 1, one line, nothing on
+        stdout, nothing created."""
+        cfg = self.write_config(self.base)
+        ckpt = self.path("nodir", "run.ckpt")
+        self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt], 1,
+                         "fl simulate", [ckpt, self.path("nodir"), "does not exist"])
+        self.assertFalse(os.path.exists(self.path("nodir")))
+        adir = self.path("cdir")
+        os.makedirs(adir)
+        self.check_error(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", adir,
+                          "--resume"], 1, "fl simulate", [adir, "is a directory"])
+        self.assertEqual(os.listdir(adir), [])
 
 
 # The real-data experiment: 10 clients, 3 rounds of FedAvg, cnn1 on 3000

@@ -1022,3 +1022,201 @@ TEST_CASE("Simulator: HeteroFL gives weak devices width-scaled sub-models", "[si
   REQUIRE_FALSE(cfg.ok());
   CHECK(cfg.error().message.find("profiles[1].width") != std::string::npos);
 }
+
+// --------------------------------------------------------------------------
+// Regressions for defects found in review (session 3)
+
+// REGRESSION: a HeteroFL client's top-k residual has its sub-model's size;
+// restore() wanted every residual at the full model's size, so a HeteroFL +
+// top-k checkpoint could be written but never read back.
+TEST_CASE("Simulator: a HeteroFL + top-k checkpoint restores and continues with the same bits", "[sim][checkpoint]") {
+  SIM_REQUIRE_FASHION();
+  const Split data = fashion(1000, 300);
+  ThreadPool pool(2);
+  Spec spec;
+  spec.model = "lenet300_100";
+  spec.rounds = 3;
+  spec.strategy = R"({"name": "heterofl"})";
+  spec.codec = R"({"kind": "topk", "topk_fraction": 0.05})";
+  spec.profiles = R"([{"name": "strong"}, {"name": "weak", "width": 0.5}])";
+  Sim full = build(spec, data, &pool);
+  Sim part = build(spec, data, &pool);
+  REQUIRE(full.step().ok());
+  REQUIRE(full.step().ok());
+  REQUIRE(part.step().ok());
+  REQUIRE(part.step().ok());
+  auto bytes = part.checkpoint(42);
+  REQUIRE(bytes.ok());
+  Sim resumed = build(spec, data, &pool);
+  auto ok = resumed.restore(*bytes, 42);
+  INFO((ok ? std::string() : ok.error().message));
+  REQUIRE(ok.ok());
+  CHECK(resumed.round() == 2);
+  auto a = full.step();
+  auto b = resumed.step();
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(same_bits(Vector<float>(full.global()), Vector<float>(resumed.global())));
+  CHECK(a->bytes_up == b->bytes_up);
+  CHECK(resumed.totals().bytes_up == full.totals().bytes_up);
+  CHECK(resumed.totals().best_round == full.totals().best_round);
+  // a different fingerprint is refused and changes nothing
+  Sim other = build(spec, data, &pool);
+  auto refused = other.restore(*bytes, 43);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().message.find("different experiment") != std::string::npos);
+  CHECK(other.round() == 0);
+}
+
+// REGRESSION: make_fleet computed n x weight / total; with weights near
+// DBL_MAX the share overflowed to inf and the largest-remainder loop ran
+// for ~2^63 steps. Weights are now capped at 1e12 and the share is
+// n x (weight / total).
+TEST_CASE("Simulator: huge profile weights are refused, the largest allowed ones split the fleet", "[sim]") {
+  sim::DeviceProfile p;
+  p.weight = 1e300;
+  auto v = sim::validate(p);
+  REQUIRE_FALSE(v.ok());
+  CHECK(v.error().message.find("weight") != std::string::npos);
+  sim::DeviceProfile a, b;
+  a.weight = 1e12;
+  b.weight = 1e12;
+  auto fleet = sim::make_fleet({a, b}, 1001, 5);
+  REQUIRE(fleet.ok());
+  REQUIRE(fleet->size() == 1001);
+  const auto first = std::count_if(fleet->begin(), fleet->end(), [](const sim::Device& d) { return d.profile == 0; });
+  CHECK(first == 501);  // largest remainder, the tie to the lower class
+  Spec spec;
+  spec.profiles = R"([{"name": "a", "weight": 1e13}])";
+  auto doc = fleetdl::json::parse(spec.json());
+  REQUIRE(doc.ok());
+  auto cfg = sim::parse_config(*doc);
+  REQUIRE_FALSE(cfg.ok());
+  CHECK(cfg.error().message.find("profiles[0].weight") != std::string::npos);
+}
+
+namespace {
+fleetdl::Result<sim::SimConfig> parse_text(const Spec& spec) {
+  auto doc = fleetdl::json::parse(spec.json());
+  REQUIRE(doc.ok());
+  return sim::parse_config(*doc);
+}
+}  // namespace
+
+// REGRESSION: local DP noised the parameters but SCAFFOLD's control delta,
+// (x - y)/(K lr) - c, still carried the raw update.
+TEST_CASE("Simulator: local DP with SCAFFOLD is refused by the config and by create()", "[sim]") {
+  SIM_REQUIRE_FASHION();
+  Spec spec;
+  spec.strategy = R"({"name": "scaffold"})";
+  spec.dp = R"({"mode": "local", "noise_multiplier": 1.0, "clipping_norm": 1.0})";
+  auto cfg = parse_text(spec);
+  REQUIRE_FALSE(cfg.ok());
+  CHECK(cfg.error().message.find("dp.mode") != std::string::npos);
+  CHECK(cfg.error().message.find("scaffold") != std::string::npos);
+  // the library refuses it too, whoever builds the options
+  spec.dp = "{}";
+  sim::SimConfig c = parse(spec);
+  c.sim.local_dp.enabled = true;
+  const Split data = fashion(500, 100);
+  auto parts = sim::make_partition(c, data.train.labels, data.train.classes);
+  REQUIRE(parts.ok());
+  auto model = nn::make_model<float>(c.model, data.train.shape, data.train.classes);
+  REQUIRE(model.ok());
+  auto bundle = sim::make_strategy<float>(c, &*model);
+  REQUIRE(bundle.ok());
+  auto s = Sim::create(std::move(*model), std::move(*bundle), data.train, data.test, std::move(*parts),
+                       {sim::DeviceProfile{}}, c.sim, nullptr);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.error().message.find("local DP is not supported with SCAFFOLD") != std::string::npos);
+}
+
+// REGRESSION: a client that drops out after the round has closed (here: past
+// the deadline) was charged energy up to its drop, not up to the close.
+TEST_CASE("Simulator: dropped clients are charged energy up to the round's close at most", "[sim]") {
+  SIM_REQUIRE_FASHION();
+  const Split data = fashion(1000, 300);
+  Spec spec;
+  spec.rounds = 1;
+  spec.profiles = R"([{"name": "flaky", "dropout": 1.0}])";
+  const sim::SimConfig base = parse(spec);
+  auto model = nn::make_model<float>("cnn1");
+  REQUIRE(model.ok());
+  const auto cost = sim::model_cost(model->cost_report(), sizeof(float));
+  const double d4 = static_cast<double>(cost.params) * 4.0;
+  const Expected e = expected_cost(base.profiles[0], cost.forward_macs_per_sample, 100, 1, d4, d4);
+  const double deadline = 0.1 * e.finish();
+  spec.selection = "{\"deadline_seconds\": " + std::to_string(deadline) + "}";
+  Sim s = build(spec, data, nullptr);
+  const auto recs = run_all(s);
+  REQUIRE(recs.size() == 1);
+  CHECK(recs[0].dropped == 10);
+  CHECK(recs[0].status == sim::RoundStatus::abandoned);
+  CHECK(recs[0].round_seconds == Approx(deadline));
+  // each of the 10 is charged min(drop, deadline) / finish of its energy; the
+  // drops are uniform over the timeline, so most come after the deadline
+  CHECK(recs[0].energy_joules > 0.0);
+  CHECK(recs[0].energy_joules <= 10.0 * (deadline / e.finish()) * e.energy * (1 + 1e-12));
+}
+
+// REGRESSION: a huge over-commit factor overflowed the count of clients to
+// ask; the factor is now limited to [1, 100] by the config and create().
+TEST_CASE("Simulator: the over-commit factor is limited to [1, 100]", "[sim]") {
+  SIM_REQUIRE_FASHION();
+  Spec spec;
+  spec.selection = R"({"policy": "overcommit", "clients_per_round": 5, "overcommit": 1e9})";
+  auto cfg = parse_text(spec);
+  REQUIRE_FALSE(cfg.ok());
+  CHECK(cfg.error().message.find("selection.overcommit") != std::string::npos);
+  spec.selection = R"({"policy": "overcommit", "clients_per_round": 5, "overcommit": 100})";
+  sim::SimConfig c = parse(spec);
+  c.sim.overcommit = 101;
+  const Split data = fashion(500, 100);
+  auto parts = sim::make_partition(c, data.train.labels, data.train.classes);
+  REQUIRE(parts.ok());
+  auto model = nn::make_model<float>(c.model, data.train.shape, data.train.classes);
+  REQUIRE(model.ok());
+  auto bundle = sim::make_strategy<float>(c, &*model);
+  REQUIRE(bundle.ok());
+  auto s = Sim::create(std::move(*model), std::move(*bundle), data.train, data.test, std::move(*parts),
+                       {sim::DeviceProfile{}}, c.sim, nullptr);
+  REQUIRE_FALSE(s.ok());
+  CHECK(s.error().message.find("overcommit must be in [1, 100]") != std::string::npos);
+}
+
+// REGRESSION: round(fraction x N) could make the whole fleet malicious
+// (N = 3, fraction 0.9); at most N - 1 clients are.
+TEST_CASE("Simulator: an attack never takes the whole fleet", "[sim]") {
+  SIM_REQUIRE_FASHION();
+  const Split data = fashion(300, 100);
+  Spec spec;
+  spec.clients = 3;
+  spec.rounds = 1;
+  spec.attack = R"({"kind": "sign_flip", "fraction": 0.9})";
+  Sim s = build(spec, data, nullptr);
+  Index bad = 0;
+  for (Index c = 0; c < s.clients(); ++c) bad += s.is_malicious(c) ? 1 : 0;
+  CHECK(bad == 2);
+}
+
+// REGRESSION: eligibility judged every client at the configured batch, so a
+// device with room for its 10 samples was refused for lack of room for 32.
+TEST_CASE("Simulator: a client with fewer samples than a batch is judged at its sample count", "[sim]") {
+  SIM_REQUIRE_FASHION();
+  const Split data = fashion(100, 100);
+  auto model = nn::make_model<float>("cnn1");
+  REQUIRE(model.ok());
+  const auto cost = sim::model_cost(model->cost_report(), sizeof(float));
+  const double need10 = sim::training_memory_bytes(cost, 10, 1, 1);
+  const double need32 = sim::training_memory_bytes(cost, 32, 1, 1);
+  REQUIRE(need10 < need32);
+  Spec spec;
+  spec.rounds = 1;  // 10 clients x 10 samples, batch 32, momentum (1 slot)
+  spec.profiles = "[{\"name\": \"tight\", \"memory_bytes\": " + std::to_string(need10 * (1 + 1e-9)) + "}]";
+  Sim s = build(spec, data, nullptr);
+  CHECK(s.eligible_clients() == 10);
+  CHECK(s.training_memory() == Approx(need32));  // the reported figure stays the configured batch's
+  spec.profiles = "[{\"name\": \"tighter\", \"memory_bytes\": " + std::to_string(need10 * (1 - 1e-6)) + "}]";
+  Sim t = build(spec, data, nullptr);
+  CHECK(t.eligible_clients() == 0);
+}

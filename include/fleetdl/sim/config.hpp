@@ -334,7 +334,9 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
                                           : SelectionPolicy::uniform;
     FLEETDL_CFG(c.sim.clients_per_round, o->integer("clients_per_round", 0, false, 0, 1000000));
     FLEETDL_CFG(c.sim.min_clients, o->integer("min_clients", 1, false, 1, 1000000));
-    FLEETDL_CFG(c.sim.overcommit, o->number("overcommit", 1.3, false, at_least_one));
+    FLEETDL_CFG(c.sim.overcommit, o->number("overcommit", 1.3, false, [](double v) -> const char* {
+                  return v >= 1.0 && v <= max_overcommit ? nullptr : "must be a number in [1, 100]";
+                }));
     FLEETDL_CFG(c.sim.deadline_seconds, o->number("deadline_seconds", 0.0, false, nonneg));
     FLEETDL_TRY(o->finish());
     if (c.sim.selection == SelectionPolicy::deadline && !(c.sim.deadline_seconds > 0.0))
@@ -416,7 +418,9 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
         if (!o) return std::move(o).error();
         DeviceProfile d;
         FLEETDL_CFG(d.name, o->string("name", "profile" + std::to_string(i), false));
-        FLEETDL_CFG(d.weight, o->number("weight", 1.0, false, positive));
+        FLEETDL_CFG(d.weight, o->number("weight", 1.0, false, [](double v) -> const char* {
+                      return v > 0.0 && v <= max_profile_weight ? nullptr : "must be a number in (0, 1e12]";
+                    }));
         FLEETDL_CFG(d.macs_per_second, o->number("macs_per_second", d.macs_per_second, false, positive));
         FLEETDL_CFG(d.speed_jitter, o->number("speed_jitter", 0.0, false, unit_open_right));
         FLEETDL_CFG(d.up_bytes_per_second, o->number("up_bytes_per_second", d.up_bytes_per_second, false, positive));
@@ -458,6 +462,8 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
   if (s == "fednova" && c.client.momentum >= 1.0) return bad("client.momentum", "must be < 1 for fednova");
   if (s == "heterofl" && c.dp.mode != "none" && c.dp.mode != "local")
     return bad("dp.mode", "central DP is not supported around heterofl (sub-model updates differ in size)");
+  if (c.dp.mode == "local" && s == "scaffold")
+    return bad("dp.mode", "local DP is not supported with scaffold (the control-variate delta would reveal the unprivatized update)");
   if (c.dp.mode == "fixed" || c.dp.mode == "adaptive") {
     if (s == "scaffold") return bad("dp.mode", "central DP is not supported around scaffold (its control variates are not clipped)");
   }

@@ -76,6 +76,10 @@ inline std::string fmt(double v) {
 }  // namespace detail
 
 /// Check a profile; the message names the field and the rule.
+/// Largest profile weight: weights are relative shares, and the cap keeps
+/// their sum finite (make_fleet divides by it).
+inline constexpr double max_profile_weight = 1e12;
+
 inline Result<void> validate(const DeviceProfile& p) {
   auto bad = [&](const char* field, const std::string& rule, double v) {
     return make_error(Errc::invalid_argument,
@@ -94,6 +98,7 @@ inline Result<void> validate(const DeviceProfile& p) {
     return success();
   };
   FLEETDL_TRY(positive("weight", p.weight));
+  if (p.weight > max_profile_weight) return bad("weight", "must be at most 1e12 (weights are relative)", p.weight);
   FLEETDL_TRY(positive("macs_per_second", p.macs_per_second));
   if (!(p.speed_jitter >= 0.0 && p.speed_jitter < 1.0)) return bad("speed_jitter", "must be in [0, 1)", p.speed_jitter);
   FLEETDL_TRY(positive("up_bytes_per_second", p.up_bytes_per_second));
@@ -128,7 +133,8 @@ inline Result<std::vector<Device>> make_fleet(const std::vector<DeviceProfile>& 
   std::vector<std::pair<double, std::size_t>> rem;
   Index given = 0;
   for (std::size_t c = 0; c < classes.size(); ++c) {
-    const double share = static_cast<double>(n) * classes[c].weight / total;
+    // weights are finite and <= 1e12 (validate), so total is finite and share <= n
+    const double share = static_cast<double>(n) * (classes[c].weight / total);
     count[c] = static_cast<Index>(std::floor(share));
     given += count[c];
     rem.emplace_back(-(share - std::floor(share)), c);

@@ -134,12 +134,15 @@ struct LocalDp {
   double noise_multiplier = 1.0;
 };
 
+/// Largest over-commit factor: more would ask 100x the clients a round needs.
+inline constexpr double max_overcommit = 100.0;
+
 struct SimOptions {
   int rounds = 10;
   Index clients_per_round = 0;  ///< K; 0 = every online client
   Index min_clients = 1;        ///< a round with fewer updates is abandoned
   SelectionPolicy selection = SelectionPolicy::uniform;
-  double overcommit = 1.3;
+  double overcommit = 1.3;      ///< in [1, max_overcommit]
   double deadline_seconds = 0.0;  ///< 0 = no deadline
   fl::OortOptions oort{};
   UpdateCodec codec = UpdateCodec::none;
@@ -178,7 +181,7 @@ struct RoundRecord {
   RoundStatus status = RoundStatus::completed;
   Index available = 0;     ///< online and eligible
   Index selected = 0;
-  Index participated = 0;  ///< updates aggregated
+  Index participated = 0;  ///< updates received (aggregated if the round completed)
   Index dropped = 0;       ///< dropped out during the round
   Index stragglers = 0;    ///< finished after the deadline / beyond the first K
   Index required = 0;      ///< updates needed to complete
@@ -189,7 +192,7 @@ struct RoundRecord {
   double bytes_down = 0;   ///< all downloads (every selected client)
   double round_seconds = 0;   ///< simulated
   double clock_seconds = 0;   ///< simulated, end of this round
-  double energy_joules = 0;   ///< every selected client's spend, dropped ones up to their drop
+  double energy_joules = 0;   ///< every selected client's spend, dropped ones and stragglers up to their drop or the round's close
   double epsilon = std::numeric_limits<double>::quiet_NaN();  ///< DP epsilon so far (NaN: no DP)
   double wall_seconds = 0;    ///< host time of this round
 };
@@ -218,7 +221,11 @@ class Simulator {
     if (parts.empty()) return make_error(Errc::invalid_argument, "simulator: no clients");
     if (opt.clients_per_round < 0) return make_error(Errc::invalid_argument, "simulator: clients_per_round must be >= 0");
     if (opt.min_clients < 1) return make_error(Errc::invalid_argument, "simulator: min_clients must be >= 1");
-    if (!(opt.overcommit >= 1.0)) return make_error(Errc::invalid_argument, "simulator: overcommit must be >= 1");
+    if (!(opt.overcommit >= 1.0 && opt.overcommit <= max_overcommit))
+      return make_error(Errc::invalid_argument, "simulator: overcommit must be in [1, 100]");
+    if (bundle.scaffold && opt.local_dp.enabled)
+      return make_error(Errc::unsupported, "simulator: local DP is not supported with SCAFFOLD (the control-variate "
+                                           "delta would reveal the unprivatized update)");
     if (!(opt.deadline_seconds >= 0.0)) return make_error(Errc::invalid_argument, "simulator: deadline must be >= 0");
     if (opt.selection == SelectionPolicy::deadline && !(opt.deadline_seconds > 0.0))
       return make_error(Errc::invalid_argument, "simulator: deadline-aware selection needs a deadline > 0");
@@ -248,6 +255,7 @@ class Simulator {
         auto sub = fl::make_submodel(s.model_, p.width);
         if (!sub) return make_error(sub.error().code, "profile '" + p.name + "': " + sub.error().message);
         s.class_cost_.push_back(model_cost(sub->cost_report(), sizeof(float)));
+        s.class_params_.push_back(sub->param_count());
       }
     }
     s.setup();
@@ -373,12 +381,11 @@ class Simulator {
     bool someone_late = false;
     for (std::size_t i = 0; i < jobs.size(); ++i) {
       const Job& j = jobs[i];
-      const auto& p = profile(j.ins.client);
       const double bytes_down = j.t.bytes_down;
       rec.bytes_down += bytes_down;
       if (j.dropped) {
         ++rec.dropped;
-        rec.energy_joules += (j.drop_at / j.t.finish()) * j.t.energy(p);
+        late.push_back(i);  // charged below, once the round's end is known
       } else if (j.late) {
         ++rec.stragglers;
         someone_late = true;
@@ -405,11 +412,12 @@ class Simulator {
       // (nobody selected and no deadline: the round takes no time)
       round_time = opt_.deadline_seconds > 0.0 ? opt_.deadline_seconds : last;
     }
-    // a straggler works until the round closes: the deadline, or the K-th
-    // finish under over-commit
+    // a straggler works until the round closes (the deadline, or the K-th
+    // finish under over-commit); a dropped client until it drops, or until
+    // the round closes if that is earlier
     for (const std::size_t i : late) {
       const Job& j = jobs[i];
-      const double stop = std::min(round_time, j.t.finish());
+      const double stop = std::min(round_time, j.dropped ? j.drop_at : j.t.finish());
       rec.energy_joules += (stop / j.t.finish()) * j.t.energy(profile(j.ins.client));
     }
 
@@ -646,8 +654,9 @@ public:
     }
     if (!r.u8(has_feedback) || has_feedback != (feedback_.empty() ? 0 : 1)) return bad(Errc::corrupt, "codec state mismatch");
     std::vector<Vector<S>> res(feedback_.size());
-    for (auto& v : res)
-      if (!vec(d, v, false)) return bad(Errc::corrupt, "bad error-feedback residual");
+    for (std::size_t c = 0; c < res.size(); ++c)  // a HeteroFL client's residual has its sub-model's size
+      if (!vec(hetero_ ? class_params_[fleet_[c].profile] : d, res[c], false))
+        return bad(Errc::corrupt, "bad error-feedback residual of client " + std::to_string(c));
     if (r.remaining() != 0) return bad(Errc::corrupt, std::to_string(r.remaining()) + " trailing bytes");
     // all checked: commit
     model_.params() = params;
@@ -738,19 +747,22 @@ public:
     const std::size_t n = parts_.size();
     const int extra = bundle_.scaffold ? 3 : 1;  // the received global (+ c and c_i)
     train_mem_ = training_memory_bytes(cost_, opt_.memory_batch, opt_.optimizer_slots, extra);
-    std::vector<double> class_mem(classes_.size(), train_mem_);
-    if (hetero_)
-      for (std::size_t k = 0; k < classes_.size(); ++k)
-        class_mem[k] = training_memory_bytes(class_cost_[k], opt_.memory_batch, opt_.optimizer_slots, extra);
     eligible_.assign(n, false);
-    for (std::size_t c = 0; c < n; ++c)
-      eligible_[c] = !parts_[c].empty() && classes_[fleet_[c].profile].memory_bytes >= class_mem[fleet_[c].profile];
+    for (std::size_t c = 0; c < n; ++c) {
+      // a client's batches hold at most its own samples
+      const Index samples = static_cast<Index>(parts_[c].size());
+      const Index batch = std::min(opt_.memory_batch, samples);
+      const auto k = fleet_[c].profile;
+      const double need = training_memory_bytes(hetero_ ? class_cost_[k] : cost_, batch, opt_.optimizer_slots, extra);
+      eligible_[c] = samples > 0 && classes_[k].memory_bytes >= need;
+    }
     participations_.assign(n, 0);
     if (bundle_.scaffold) scaffold_.resize(n);
     if (opt_.codec == UpdateCodec::topk) feedback_.assign(n, fl::ErrorFeedback<S>(0));
     if (opt_.selection == SelectionPolicy::oort) oort_.emplace(opt_.oort);
     malicious_.assign(n, false);
-    const auto bad = static_cast<std::size_t>(std::llround(opt_.attack.fraction * static_cast<double>(n)));
+    // round(fraction x N), but never the whole fleet
+    const auto bad = std::min(n - 1, static_cast<std::size_t>(std::llround(opt_.attack.fraction * static_cast<double>(n))));
     if (opt_.attack.kind != AttackKind::none && bad > 0) {
       std::vector<Index> ids(n);
       for (std::size_t i = 0; i < n; ++i) ids[i] = static_cast<Index>(i);
@@ -948,6 +960,7 @@ public:
   ModelCost cost_;
   bool hetero_ = false;
   std::vector<ModelCost> class_cost_;  ///< HeteroFL: the cost of each profile's sub-model
+  std::vector<Index> class_params_;    ///< HeteroFL: the parameter count of each profile's sub-model
   double train_mem_ = 0;
   std::vector<bool> eligible_, malicious_;
   std::vector<std::int32_t> participations_;
