@@ -218,6 +218,18 @@ int fail(const std::string& cmd, const std::string& msg, int code = 1) {
   return code;
 }
 
+/// Why a file cannot be written at `path` (its directory is missing, or the
+/// path is a directory), checked before long work rather than after it; empty
+/// if it looks writable.
+std::string unwritable_reason(const std::string& path) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
+    return path + ": directory '" + parent.string() + "' does not exist";
+  if (std::filesystem::is_directory(path, ec)) return path + ": is a directory";
+  return {};
+}
+
 struct DatasetChoice {
   std::string dir;
 };
@@ -261,14 +273,8 @@ int cmd_train(int argc, char** argv) {
   bool known_model = false;
   for (auto n : nn::model_names) known_model = known_model || n == model_name;
   if (!known_model) throw UsageError{"flag '--model': unknown model '" + model_name + "' (known: lenet5, cnn_niid, cnn1, lenet300_100)"};
-  {
-    // Fail before training, not after, if the output cannot be written.
-    const auto parent = std::filesystem::path(out).parent_path();
-    std::error_code ec;
-    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-      return fail(cmd, out + ": directory '" + parent.string() + "' does not exist");
-    if (std::filesystem::is_directory(out, ec)) return fail(cmd, out + ": is a directory");
-  }
+  // Fail before training, not after, if the output cannot be written.
+  if (auto why = unwritable_reason(out); !why.empty()) return fail(cmd, why);
 
   auto train = data::load_fashion_mnist<float>(ds.dir, true, train_limit);
   if (!train) return fail(cmd, train.error().message);
@@ -491,24 +497,13 @@ int cmd_fl(int argc, char** argv) {
   if (a.has("--data-dir")) cfg.dataset_dir = a.str("--data-dir", cfg.dataset_dir);
   if (cfg.threads == 0) cfg.threads = std::max(1, std::min<int>(FLEETDL_MAX_THREADS, static_cast<int>(std::thread::hardware_concurrency())));
   const std::string out = a.str("--out", "");
-  if (!out.empty()) {
-    // fail before the simulation, not after, if the model cannot be saved
-    const auto parent = std::filesystem::path(out).parent_path();
-    std::error_code ec;
-    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-      return fail(cmd, out + ": directory '" + parent.string() + "' does not exist");
-    if (std::filesystem::is_directory(out, ec)) return fail(cmd, out + ": is a directory");
-  }
   const std::string ckpt = a.str("--checkpoint", "");
   if (a.has("--resume") && ckpt.empty()) throw UsageError{"--resume needs --checkpoint FILE"};
-  if (!ckpt.empty()) {
-    // fail before the first round, not after it, if the checkpoint cannot be written
-    const auto parent = std::filesystem::path(ckpt).parent_path();
-    std::error_code ec;
-    if (!parent.empty() && !std::filesystem::is_directory(parent, ec))
-      return fail(cmd, ckpt + ": directory '" + parent.string() + "' does not exist");
-    if (std::filesystem::is_directory(ckpt, ec)) return fail(cmd, ckpt + ": is a directory");
-  }
+  // fail before the first round, not after the run, if the model or the
+  // checkpoint cannot be written
+  for (const std::string* p : {&out, &ckpt})
+    if (!p->empty())
+      if (auto why = unwritable_reason(*p); !why.empty()) return fail(cmd, why);
   // the experiment's identity for checkpoints: the config text (and the
   // thread count when results depend on it)
   std::uint64_t fingerprint = 0xcbf29ce484222325ULL;

@@ -1101,6 +1101,19 @@ fleetdl::Result<sim::SimConfig> parse_text(const Spec& spec) {
   REQUIRE(doc.ok());
   return sim::parse_config(*doc);
 }
+
+/// Simulator::create on options the config parser would have refused (the
+/// library must refuse them too).
+fleetdl::Result<Sim> create_unchecked(const sim::SimConfig& c, const Split& data) {
+  auto parts = sim::make_partition(c, data.train.labels, data.train.classes);
+  REQUIRE(parts.ok());
+  auto model = nn::make_model<float>(c.model, data.train.shape, data.train.classes);
+  REQUIRE(model.ok());
+  auto bundle = sim::make_strategy<float>(c, &*model);
+  REQUIRE(bundle.ok());
+  return Sim::create(std::move(*model), std::move(*bundle), data.train, data.test, std::move(*parts),
+                     {sim::DeviceProfile{}}, c.sim, nullptr);
+}
 }  // namespace
 
 // REGRESSION: local DP noised the parameters but SCAFFOLD's control delta,
@@ -1118,15 +1131,7 @@ TEST_CASE("Simulator: local DP with SCAFFOLD is refused by the config and by cre
   spec.dp = "{}";
   sim::SimConfig c = parse(spec);
   c.sim.local_dp.enabled = true;
-  const Split data = fashion(500, 100);
-  auto parts = sim::make_partition(c, data.train.labels, data.train.classes);
-  REQUIRE(parts.ok());
-  auto model = nn::make_model<float>(c.model, data.train.shape, data.train.classes);
-  REQUIRE(model.ok());
-  auto bundle = sim::make_strategy<float>(c, &*model);
-  REQUIRE(bundle.ok());
-  auto s = Sim::create(std::move(*model), std::move(*bundle), data.train, data.test, std::move(*parts),
-                       {sim::DeviceProfile{}}, c.sim, nullptr);
+  auto s = create_unchecked(c, fashion(500, 100));
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().message.find("local DP is not supported with SCAFFOLD") != std::string::npos);
 }
@@ -1171,15 +1176,7 @@ TEST_CASE("Simulator: the over-commit factor is limited to [1, 100]", "[sim]") {
   spec.selection = R"({"policy": "overcommit", "clients_per_round": 5, "overcommit": 100})";
   sim::SimConfig c = parse(spec);
   c.sim.overcommit = 101;
-  const Split data = fashion(500, 100);
-  auto parts = sim::make_partition(c, data.train.labels, data.train.classes);
-  REQUIRE(parts.ok());
-  auto model = nn::make_model<float>(c.model, data.train.shape, data.train.classes);
-  REQUIRE(model.ok());
-  auto bundle = sim::make_strategy<float>(c, &*model);
-  REQUIRE(bundle.ok());
-  auto s = Sim::create(std::move(*model), std::move(*bundle), data.train, data.test, std::move(*parts),
-                       {sim::DeviceProfile{}}, c.sim, nullptr);
+  auto s = create_unchecked(c, fashion(500, 100));
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().message.find("overcommit must be in [1, 100]") != std::string::npos);
 }
