@@ -1,0 +1,9 @@
+// fleetdl/partition.hpp — umbrella for model partitioning: NoNN knowledge
+// partitioning (Bhardwaj et al., ACM TECS 2019) — the filter activation
+// graph, Louvain communities with resolution, and the filter-to-student
+// assignment with its JSON manifest.
+#pragma once
+
+#include "fleetdl/partition/louvain.hpp"
+#include "fleetdl/partition/filter_graph.hpp"
+#include "fleetdl/partition/assign.hpp"
