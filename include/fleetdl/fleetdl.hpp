@@ -1,5 +1,5 @@
-// fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl.
-// Later areas (sim, partition, compress, micro, wire) join here as they land.
+// fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl, sim,
+// partition. Later areas (compress, micro, wire) join here as they land.
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -8,3 +8,4 @@
 #include "fleetdl/nn.hpp"
 #include "fleetdl/fl.hpp"
 #include "fleetdl/sim.hpp"
+#include "fleetdl/partition.hpp"
