@@ -499,6 +499,8 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return finish(cmd, cmd_eval(argc - 2, argv + 2));
     if (cmd == "info") return finish(cmd, cmd_info(argc - 2, argv + 2));
     if (cmd == "fl") return finish(cmd, cmd_fl(argc - 2, argv + 2));
+    if (cmd == "infer") return finish(cmd, cmd_infer(argc - 2, argv + 2));
+    if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors
     const bool fl_sim = cmd == "fl" && argc > 2 && std::string(argv[2]) == "simulate";
