@@ -1,7 +1,8 @@
 // fleetdl/nn/zoo.hpp — reference architectures by name: lenet5 (the
 // foundation's reference CNN), cnn_niid (Flower niid_bench / Li et al. 2021:
 // conv6-pool-conv16-pool-fc120-fc84-fc10), cnn1 (Sudharsan et al. 2022:
-// conv12 3x3, maxpool 2, dense 10) and lenet300_100 (Han et al. 2016).
+// conv12 3x3, maxpool 2, dense 10), lenet300_100 (Han et al. 2016) and
+// vgg_fmnist (a VGG-style BatchNorm CNN, the NoNN teacher for Fashion-MNIST).
 #pragma once
 
 #include "fleetdl/nn/model.hpp"
@@ -53,13 +54,31 @@ Result<Model<S>> make_model(std::string_view name, const Shape& input = Shape{1,
     v.push_back(std::make_unique<Dense<S>>(300, 100));
     v.push_back(relu<S>());
     v.push_back(std::make_unique<Dense<S>>(100, classes));
+  } else if (name == "vgg_fmnist") {
+    // Three VGG blocks of two conv 3x3 pad 1 + BatchNorm + ReLU (32, 64, 128
+    // channels), maxpool 2 after the first two; GlobalAvgPool, Flatten,
+    // dense 128->10. The last block's pooled 128 channels are the teacher
+    // features NoNN partitions (partition/nonn.hpp).
+    const Index widths[] = {32, 32, 64, 64, 128, 128};
+    Index cin = input.c;
+    for (int i = 0; i < 6; ++i) {
+      v.push_back(std::make_unique<Conv2D<S>>(cin, widths[i], 3, 1, 1));
+      v.push_back(std::make_unique<BatchNorm<S>>(widths[i]));
+      v.push_back(relu<S>());
+      if (i == 1 || i == 3) v.push_back(std::make_unique<MaxPool2D<S>>(2));
+      cin = widths[i];
+    }
+    v.push_back(std::make_unique<GlobalAvgPool<S>>());
+    v.push_back(std::make_unique<Flatten<S>>());
+    v.push_back(std::make_unique<Dense<S>>(cin, classes));
   } else {
     return make_error(Errc::not_found, "unknown model '" + std::string(name) +
-                                           "' (known: lenet5, cnn_niid, cnn1, lenet300_100)");
+                                           "' (known: lenet5, cnn_niid, cnn1, lenet300_100, vgg_fmnist)");
   }
   return Model<S>::create(input, std::move(v));
 }
 
-inline constexpr std::string_view model_names[] = {"lenet5", "cnn_niid", "cnn1", "lenet300_100"};
+inline constexpr std::string_view model_names[] = {"lenet5", "cnn_niid", "cnn1", "lenet300_100",
+                                                   "vgg_fmnist"};
 
 }  // namespace fleetdl::nn
