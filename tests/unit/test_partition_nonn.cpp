@@ -668,6 +668,11 @@ TEST_CASE("nonn: train_nonn with SGD on synthetic data", "[partition][nonn]") {
   REQUIRE(r.ok());
   INFO("loss " << r->epochs.front().loss << " -> " << r->epochs.back().loss);
   CHECK(r->epochs.back().loss < r->epochs.front().loss);
+  // Deterministic with a pool too: the same seed and thread count, the same bits.
+  auto again = pt::make_unified_student<float>(Shape{1, 12, 12}, {8, 8}, 10, spec);
+  REQUIRE(again.ok());
+  REQUIRE(pt::train_nonn(*again, teacher, assignment, x, y, o, &pool).ok());
+  CHECK(Snapshot(u->body, u->head) == Snapshot(again->body, again->head));
   // epochs = 0 is a valid no-op.
   const Snapshot before(u->body, u->head);
   o.epochs = 0;
