@@ -53,11 +53,14 @@ constexpr const char* kUsage =
     "  eval    evaluate a saved model: test accuracy and batch-1 latency\n"
     "  info    per-node table of parameters, MACs and activation bytes\n"
     "  fl simulate  run a federated-learning experiment on a simulated fleet\n"
+    "  partition nonn  split a teacher into N NoNN students (one module per device)\n"
+    "  infer   distributed inference over the modules of partition nonn\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
     "  --data-dir DIR        dataset directory (default " FLEETDL_FASHION_MNIST_DIR ")\n"
-    "  --model NAME          lenet5 | cnn_niid | cnn1 | lenet300_100 (default lenet5)\n"
+    "  --model NAME          lenet5 | cnn_niid | cnn1 | lenet300_100 | vgg_fmnist\n"
+    "                        (default lenet5)\n"
     "  --epochs E            (default 1)\n"
     "  --batch B             (default 64)\n"
     "  --optimizer NAME      adam | adamw | sgd (default adam)\n"
@@ -83,7 +86,15 @@ constexpr const char* kUsage =
     "              --json (one JSON object per round, then a summary)\n"
     "              --threads T (overrides the config) --data-dir DIR --out FILE (final model)\n"
     "              --checkpoint FILE (state after every round) --resume (continue from it)\n"
-    "              --no-progress\n";
+    "              --no-progress\n"
+    "partition nonn options: --teacher T.fdl --students N --out DIR (required; DIR must not exist)\n"
+    "              --mode reference|balanced|random (default reference) --dataset NAME --data-dir DIR\n"
+    "              --epochs E (10) --batch B (64) --optimizer sgd|adam --lr X (0.01 sgd, 0.001 adam)\n"
+    "              --alpha X (0.9) --temperature T (4) --beta X (1e4) --gamma X (Louvain, 0.7)\n"
+    "              --top-k K (C/5) --percentile P (99) --width W (16) --blocks B (2) --seed S\n"
+    "              --threads T --train-limit N --test-limit N --allow-shrink --json --no-progress\n"
+    "infer options: --modules DIR --dataset NAME --data-dir DIR --test-limit N --batch B --threads T\n"
+    "              --macs-per-second X --up-bytes-per-second X --link-latency S --json\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -118,7 +129,7 @@ int cmd_train(int argc, char** argv) {
     throw UsageError{"flag '--schedule': unknown schedule '" + schedule + "' (known: constant, step, cosine)"};
   bool known_model = false;
   for (auto n : nn::model_names) known_model = known_model || n == model_name;
-  if (!known_model) throw UsageError{"flag '--model': unknown model '" + model_name + "' (known: lenet5, cnn_niid, cnn1, lenet300_100)"};
+  if (!known_model) throw UsageError{"flag '--model': unknown model '" + model_name + "' (known: lenet5, cnn_niid, cnn1, lenet300_100, vgg_fmnist)"};
   // Fail before training, not after, if the output cannot be written.
   if (auto why = unwritable_reason(out); !why.empty()) return fail(cmd, why);
 
@@ -499,12 +510,14 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return finish(cmd, cmd_eval(argc - 2, argv + 2));
     if (cmd == "info") return finish(cmd, cmd_info(argc - 2, argv + 2));
     if (cmd == "fl") return finish(cmd, cmd_fl(argc - 2, argv + 2));
+    if (cmd == "partition") return finish(cmd, cmd_partition(argc - 2, argv + 2));
     if (cmd == "infer") return finish(cmd, cmd_infer(argc - 2, argv + 2));
     if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors
     const bool fl_sim = cmd == "fl" && argc > 2 && std::string(argv[2]) == "simulate";
-    return fail(fl_sim ? "fl simulate" : cmd, e.msg + " (see fleetdl --help)", 2);
+    const bool nonn = cmd == "partition" && argc > 2 && std::string(argv[2]) == "nonn";
+    return fail(fl_sim ? "fl simulate" : nonn ? "partition nonn" : cmd, e.msg + " (see fleetdl --help)", 2);
   }
   std::fprintf(stderr, "fleetdl: unknown command '%s' (see fleetdl --help)\n", cmd.c_str());
   return 2;

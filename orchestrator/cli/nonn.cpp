@@ -1,5 +1,15 @@
 // orchestrator/cli/nonn.cpp — the NoNN commands of `fleetdl`:
 //
+//   fleetdl partition nonn --teacher t.fdl --students N [--mode M] --dataset
+//       fashion-mnist --out DIR [--json] ...
+//       builds the teacher's filter activation graph over a validation split
+//       (the last 10% of the training set), finds Louvain communities,
+//       assigns the filters to N students (mode reference, balanced, or the
+//       random-partition baseline), trains the students jointly against the
+//       teacher (NoNN loss), and writes DIR: one .fdl per student, the
+//       combiner, the unified student and modules.json (filters, sizes,
+//       costs, accuracies). DIR is written under a temporary name and renamed
+//       at the end, so it is either complete or absent.
 //   fleetdl infer --modules DIR --dataset fashion-mnist [--json] ...
 //       distributed inference over the modules `partition nonn` wrote: every
 //       student runs in its own process (`fleetdl infer-student`, spawned
@@ -17,6 +27,7 @@
 #include "fleetdl/data.hpp"
 #include "fleetdl/io.hpp"
 #include "fleetdl/nn.hpp"
+#include "fleetdl/partition.hpp"
 #include "fleetdl/sim/profile.hpp"
 #include "cli_common.hpp"
 
@@ -46,22 +57,8 @@ namespace data = fleetdl::data;
 
 constexpr char kFeatMagic[8] = {'F', 'D', 'L', 'F', 'E', 'A', 'T', '1'};
 constexpr std::size_t kFeatHeader = 8 + 4 + 4 + 8;
-/// What one module costs the device that runs it, per image.
-struct ModuleCost {
-  Index params = 0, weight_bytes = 0, macs = 0;
-  Index peak_activation_bytes = 0;  ///< max over top-level nodes of input + output activation bytes
-};
-
-ModuleCost module_cost(const nn::Model<float>& m) {
-  ModuleCost c;
-  for (const auto& r : m.cost_report()) {
-    c.params += r.params;
-    c.weight_bytes += r.weight_bytes;
-    c.macs += r.macs;
-    c.peak_activation_bytes = std::max(c.peak_activation_bytes, r.act_in_bytes + r.act_out_bytes);
-  }
-  return c;
-}
+using partition::StudentCost;
+using partition::module_cost;
 
 /// The module set `partition nonn` wrote: DIR/modules.json names the files.
 struct ModuleSet {
@@ -427,7 +424,7 @@ int cmd_infer(int argc, char** argv) {
   // per-device costs and the simulated latency
   struct Row {
     std::string name;
-    ModuleCost c;
+    StudentCost c;
     double sent_per_image = 0, compute = 0, link = 0;
   };
   std::vector<Row> rows;
@@ -481,6 +478,251 @@ int cmd_infer(int argc, char** argv) {
   std::printf("simulated latency per image: %s s = max over students of (compute + %s s link + bytes / %s B/s) + "
               "combiner %s s, at %s MAC/s\n",
               num(latency).c_str(), num(link).c_str(), num(up).c_str(), num(comb.compute).c_str(), num(mps).c_str());
+  return 0;
+}
+
+
+namespace {
+
+/// The unified student as one model (the students' Concat, then the
+/// combiner), for `infer` to compare the distributed result with.
+Result<nn::Model<float>> unified_model(const partition::UnifiedStudent<float>& u) {
+  std::vector<nn::NodePtr<float>> nodes;
+  for (Index i = 0; i < u.body.size(); ++i) nodes.push_back(u.body.node(i).clone());
+  for (Index i = 0; i < u.head.size(); ++i) nodes.push_back(u.head.node(i).clone());
+  auto m = nn::Model<float>::create(u.body.input_shape(), std::move(nodes));
+  if (!m) return m;
+  m->params().head(u.body.param_count()) = u.body.params();
+  m->params().tail(u.head.param_count()) = u.head.params();
+  m->buffers().head(u.body.buffer_count()) = u.body.buffers();
+  m->buffers().tail(u.head.buffer_count()) = u.head.buffers();
+  return m;
+}
+
+/// The random-partition baseline: a seeded permutation of all C filters cut
+/// into N parts whose sizes differ by at most one.
+std::vector<std::vector<Index>> random_assignment(Index filters, Index n, std::uint64_t seed) {
+  std::vector<Index> perm(static_cast<std::size_t>(filters));
+  for (Index i = 0; i < filters; ++i) perm[static_cast<std::size_t>(i)] = i;
+  Rng rng(seed);
+  rng.shuffle(perm.begin(), perm.end());
+  std::vector<std::vector<Index>> out(static_cast<std::size_t>(n));
+  for (Index i = 0; i < filters; ++i) out[static_cast<std::size_t>(i % n)].push_back(perm[static_cast<std::size_t>(i)]);
+  for (auto& v : out) std::sort(v.begin(), v.end());
+  return out;
+}
+
+std::string int_list(const std::vector<Index>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+std::string cost_json(const StudentCost& c) {
+  std::ostringstream o;
+  o << "{\"params\":" << c.params << ",\"weight_bytes\":" << c.weight_bytes
+    << ",\"peak_activation_bytes\":" << c.peak_activation_bytes << ",\"macs\":" << c.macs
+    << ",\"bytes_sent_per_image\":" << c.bytes_sent_per_image << "}";
+  return o.str();
+}
+
+double accuracy_of(nn::Model<float>& m, const data::Dataset<float>& d, ThreadPool* pool) {
+  return nn::evaluate(m, d.images, d.labels, 500, pool).accuracy;
+}
+
+}  // namespace
+
+// fleetdl partition nonn --teacher t.fdl --students N [--mode reference|balanced|random]
+//       --dataset fashion-mnist --out DIR [--json] [options, see kUsage]
+int cmd_partition(int argc, char** argv) {
+  namespace fs = std::filesystem;
+  const std::string cmd = "partition nonn";
+  if (argc < 1 || std::string(argv[0]) != "nonn")
+    throw UsageError{argc < 1 ? "missing method (known: nonn)" : "unknown method '" + std::string(argv[0]) + "' (known: nonn)"};
+  Args a(cmd, argc - 1, argv + 1,
+         {"--teacher", "--students", "--mode", "--dataset", "--data-dir", "--out", "--epochs", "--batch", "--lr",
+          "--optimizer", "--alpha", "--temperature", "--beta", "--gamma", "--top-k", "--percentile", "--width",
+          "--blocks", "--seed", "--threads", "--train-limit", "--test-limit"},
+         {"--json", "--allow-shrink", "--no-progress"});
+  if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
+  if (!a.has("--teacher")) throw UsageError{"--teacher FILE is required"};
+  if (!a.has("--students")) throw UsageError{"--students N is required"};
+  if (!a.has("--out")) throw UsageError{"--out DIR is required"};
+  const DatasetChoice ds = dataset_option(a);
+  const Index n = static_cast<Index>(a.integer("--students", 2, 1, 1024));
+  const std::string mode = a.str("--mode", "reference");
+  if (mode != "reference" && mode != "balanced" && mode != "random")
+    throw UsageError{"flag '--mode': unknown mode '" + mode + "' (known: reference, balanced, random)"};
+  const std::string opt_name = a.str("--optimizer", "sgd");
+  if (opt_name != "sgd" && opt_name != "adam") throw UsageError{"flag '--optimizer': unknown optimizer '" + opt_name + "' (known: sgd, adam)"};
+  partition::NonnTrainOptions to;
+  to.epochs = static_cast<int>(a.integer("--epochs", 10, 1, 100000));
+  to.batch = static_cast<Index>(a.integer("--batch", 64, 1, 1 << 16));
+  to.seed = static_cast<std::uint64_t>(a.integer("--seed", 1, 0, std::numeric_limits<long long>::max()));
+  to.optimizer = opt_name == "adam" ? partition::NonnOptimizer::adam : partition::NonnOptimizer::sgd;
+  const double lr = a.number("--lr", opt_name == "adam" ? 0.001 : 0.01, 1e-12, 10.0);
+  to.sgd.lr = lr;
+  to.adam.lr = lr;
+  to.loss.alpha = a.number("--alpha", 0.9, 0.0, 1.0);
+  to.loss.temperature = a.number("--temperature", 4.0, 1e-3, 1e3);
+  to.loss.beta = a.number("--beta", 1e4, 0.0, 1e9);
+  partition::LouvainOptions lo;
+  lo.gamma = a.number("--gamma", 0.7, 1e-6, 1e6);
+  lo.seed = to.seed;
+  partition::FilterGraphOptions go;
+  if (a.has("--top-k")) go.k = static_cast<Index>(a.integer("--top-k", 1, 1, 1 << 20));
+  go.p = a.number("--percentile", 99.0, 0.0, 100.0);
+  partition::StudentSpec spec;
+  spec.width = static_cast<Index>(a.integer("--width", spec.width, 1, 4096));
+  spec.blocks = static_cast<Index>(a.integer("--blocks", spec.blocks, 1, 6));
+  spec.seed = to.seed;
+  const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
+  const Index train_limit = static_cast<Index>(a.integer("--train-limit", 0, 0, 1 << 30));
+  const Index test_limit = static_cast<Index>(a.integer("--test-limit", 0, 0, 1 << 30));
+  const bool json_out = a.has("--json");
+  const std::string out = a.str("--out", "");
+  const std::string teacher_path = a.str("--teacher", "");
+
+  // the output directory: must not exist yet; its parent must
+  std::error_code ec;
+  if (fs::exists(out, ec)) return fail(cmd, out + ": already exists (choose a new --out directory)");
+  if (auto why = unwritable_reason(out); !why.empty()) return fail(cmd, why);
+
+  auto tf = io::load_model<float>(teacher_path);
+  if (!tf) return fail(cmd, tf.error().message);
+  nn::Model<float> teacher = std::move(tf->model);
+  auto feature = partition::teacher_feature_node(teacher);
+  if (!feature) return fail(cmd, teacher_path + ": " + feature.error().message);
+  auto train = data::load_fashion_mnist<float>(ds.dir, true, train_limit);
+  if (!train) return fail(cmd, train.error().message);
+  auto test = data::load_fashion_mnist<float>(ds.dir, false, test_limit);
+  if (!test) return fail(cmd, test.error().message);
+  if (train->images.rows() != teacher.input_shape().size())
+    return fail(cmd, teacher_path + ": takes " + teacher.input_shape().str() + " inputs, the dataset has " +
+                         std::to_string(train->images.rows()) + " values per image");
+  if (teacher.output_shape().size() != train->classes)
+    return fail(cmd, teacher_path + ": has " + std::to_string(teacher.output_shape().size()) + " outputs, the dataset " +
+                         std::to_string(train->classes) + " classes");
+  if (train->size() < 20) return fail(cmd, "the training set has " + std::to_string(train->size()) + " images; at least 20 are needed");
+  ThreadPool pool(threads);
+  ProgressBar bar(!a.has("--no-progress") && !json_out);
+
+  // 1. the filter graph over the validation split and the assignment
+  const Index val = std::max<Index>(1, train->size() / 10);
+  const Matrix<float> val_images = train->images.rightCols(val);
+  auto acts = partition::pooled_teacher_activations(teacher, val_images, 256, &pool);
+  if (!acts) return fail(cmd, teacher_path + ": " + acts.error().message);
+  const Index filters = acts->rows();
+  std::vector<std::vector<Index>> assignment;
+  std::string partition_json;
+  if (mode == "random") {
+    if (n > filters) return fail(cmd, "--students " + std::to_string(n) + " is more than the teacher's " + std::to_string(filters) + " filters");
+    assignment = random_assignment(filters, n, to.seed);
+    std::vector<Index> sizes;
+    std::string lists = "[";
+    for (std::size_t i = 0; i < assignment.size(); ++i) {
+      sizes.push_back(static_cast<Index>(assignment[i].size()));
+      lists += (i ? "," : "") + int_list(assignment[i]);
+    }
+    partition_json = "{\"format\":\"fleetdl.nonn_partition\",\"version\":1,\"mode\":\"random\",\"filters\":" +
+                     std::to_string(filters) + ",\"students\":" + std::to_string(n) + ",\"seed\":" + std::to_string(to.seed) +
+                     ",\"sizes\":" + int_list(sizes) + ",\"assignment\":" + lists + "]}";
+  } else {
+    partition::AssignOptions ao;
+    ao.students = n;
+    ao.mode = mode == "balanced" ? partition::AssignMode::balanced : partition::AssignMode::reference;
+    ao.allow_shrink = a.has("--allow-shrink");
+    const Matrix<float> rows = acts->transpose();
+    auto man = partition::partition_filters(rows, go, lo, ao);
+    if (!man) return fail(cmd, man.error().message);
+    assignment = man->assignment;
+    partition_json = man->to_json();
+  }
+  std::vector<Index> sizes;
+  for (const auto& v : assignment) sizes.push_back(static_cast<Index>(v.size()));
+
+  // 2. joint training of the students against the teacher
+  auto u = partition::make_unified_student<float>(teacher.input_shape(), sizes, train->classes, spec);
+  if (!u) return fail(cmd, u.error().message);
+  partition::NonnCallbacks cb;
+  cb.on_batch = [&](const partition::NonnProgress& p) {
+    bar.draw("epoch " + std::to_string(p.epoch + 1) + "/" + std::to_string(p.epochs), p.batch, p.batches,
+             "loss " + num(p.loss));
+  };
+  cb.on_epoch = [&](const partition::NonnEpochReport& e) {
+    if (!json_out)
+      std::printf("epoch %d/%d: loss %s (KD %s, CE %s, AM %s), train accuracy %s, %.1f s\n", e.epoch + 1, to.epochs,
+                  num(e.loss).c_str(), num(e.kd_term).c_str(), num(e.ce_term).c_str(), num(e.am_term).c_str(),
+                  num(e.train_accuracy).c_str(), e.seconds);
+    std::fflush(stdout);
+  };
+  auto rep = partition::train_nonn(*u, teacher, assignment, train->images, train->labels, to, &pool, cb);
+  if (!rep) return fail(cmd, rep.error().message);
+
+  // 3. the modules, their costs and accuracies
+  auto unified = unified_model(*u);
+  if (!unified) return fail(cmd, unified.error().message);
+  const double student_acc = accuracy_of(*unified, *test, &pool);
+  const double teacher_acc = accuracy_of(teacher, *test, &pool);
+  auto costs = partition::nonn_costs(*u);
+  if (!costs) return fail(cmd, costs.error().message);
+  const StudentCost tcost = module_cost(teacher);
+
+  const fs::path final_dir(out);
+  const fs::path tmp = final_dir.parent_path() / (final_dir.filename().string() + ".partial-" + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec)) return fail(cmd, tmp.string() + ": cannot create (" + ec.message() + ")");
+  const auto abandon = [&](const std::string& why) {
+    fs::remove_all(tmp, ec);
+    return fail(cmd, why);
+  };
+  io::Metadata meta = {{"nonn_students", std::to_string(sizes.size())}, {"teacher", teacher_path}};
+  std::ostringstream studs;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    auto st = partition::extract_student(*u, static_cast<Index>(i));
+    if (!st) return abandon(st.error().message);
+    const std::string file = "student" + std::to_string(i) + ".fdl";
+    io::Metadata m = meta;
+    m.emplace_back("nonn_student", std::to_string(i));
+    if (auto ok = io::save_model((tmp / file).string(), *st, m); !ok) return abandon(ok.error().message);
+    studs << (i ? "," : "") << "{\"file\":\"" << file << "\",\"features\":" << sizes[i]
+          << ",\"filters\":" << int_list(assignment[i]) << ",\"cost\":" << cost_json(costs->students[i]) << "}";
+  }
+  if (auto ok = io::save_model((tmp / "combiner.fdl").string(), partition::combiner(*u), meta); !ok) return abandon(ok.error().message);
+  if (auto ok = io::save_model((tmp / "unified.fdl").string(), *unified, meta); !ok) return abandon(ok.error().message);
+  const auto& last = rep->epochs.back();
+  std::ostringstream o;
+  o << "{\"format\":\"fleetdl-nonn-modules\",\"version\":1,\"classes\":" << train->classes
+    << ",\"students\":[" << studs.str() << "],\"combiner\":\"combiner.fdl\",\"unified\":\"unified.fdl\""
+    << ",\"combiner_cost\":" << cost_json(costs->combiner) << ",\"teacher\":{\"file\":\"" << json_escape(teacher_path)
+    << "\",\"filters\":" << filters << ",\"test_accuracy\":" << json_num(teacher_acc) << ",\"cost\":" << cost_json(tcost)
+    << "},\"test_accuracy\":" << json_num(student_acc) << ",\"test_images\":" << test->size()
+    << ",\"training\":{\"epochs\":" << to.epochs << ",\"batch\":" << to.batch << ",\"optimizer\":\"" << opt_name
+    << "\",\"lr\":" << json_num(lr) << ",\"alpha\":" << json_num(to.loss.alpha) << ",\"temperature\":"
+    << json_num(to.loss.temperature) << ",\"beta\":" << json_num(to.loss.beta) << ",\"seed\":" << to.seed
+    << ",\"train_images\":" << train->size() << ",\"validation_images\":" << val << ",\"width\":" << spec.width
+    << ",\"blocks\":" << spec.blocks << ",\"final_loss\":" << json_num(last.loss) << ",\"seconds\":" << json_num(rep->seconds)
+    << "},\"partition\":" << partition_json << "}";
+  const std::string manifest = o.str();
+  if (auto ok = write_file_atomic((tmp / "modules.json").string(),
+                                  std::vector<std::uint8_t>(manifest.begin(), manifest.end()));
+      !ok)
+    return abandon(ok.error().message);
+  fs::rename(tmp, final_dir, ec);
+  if (ec) return abandon(out + ": cannot move the modules into place (" + ec.message() + ")");
+
+  Index max_params = 0;
+  for (const auto& c : costs->students) max_params = std::max(max_params, c.params);
+  if (json_out) {
+    std::printf("%s\n", manifest.c_str());
+  } else {
+    std::printf("%s: %zu students (%s), filters per student", out.c_str(), sizes.size(), mode.c_str());
+    for (const auto s : sizes) std::printf(" %lld", static_cast<long long>(s));
+    std::printf("; test accuracy %s (teacher %s); largest student %lld params (teacher %lld, %.1fx fewer)\n",
+                num(student_acc).c_str(), num(teacher_acc).c_str(), static_cast<long long>(max_params),
+                static_cast<long long>(tcost.params),
+                static_cast<double>(tcost.params) / static_cast<double>(std::max<Index>(max_params, 1)));
+  }
   return 0;
 }
 
