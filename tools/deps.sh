@@ -19,6 +19,7 @@ packages=(
   libeigen3-dev          # the library's only numeric dependency
   zlib1g-dev             # gzip-compressed IDX datasets
   catch2                 # unit tests (Catch2 2.13)
+  libgemmlowp-dev        # unit tests: int8 softmax and fixed-point checks against gemmlowp itself
   libsqlite3-dev         # the orchestrator's record (planned parts)
   libasio-dev            # device <-> orchestrator transport (planned parts)
   cmake                  # CMake consumer test of the installed package

@@ -1,5 +1,5 @@
 // fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl, sim,
-// partition. Later areas (compress, micro, wire) join here as they land.
+// partition, micro. Later areas (compress, wire) join here as they land.
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -9,3 +9,4 @@
 #include "fleetdl/fl.hpp"
 #include "fleetdl/sim.hpp"
 #include "fleetdl/partition.hpp"
+#include "fleetdl/micro.hpp"

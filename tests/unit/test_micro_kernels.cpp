@@ -18,10 +18,13 @@
 #include <random>
 #include <vector>
 
-#if __has_include(<gemmlowp/fixedpoint/fixedpoint.h>)
+// gemmlowp (Debian libgemmlowp-dev, installed by tools/deps.sh) is required:
+// the exact cross-checks against it must not be skipped quietly.
+#if !__has_include(<gemmlowp/fixedpoint/fixedpoint.h>)
+#error "the micro tests need gemmlowp's fixedpoint.h: install libgemmlowp-dev (tools/deps.sh does)"
+#endif
 #include <gemmlowp/fixedpoint/fixedpoint.h>
 #define FLEETDL_TEST_HAVE_GEMMLOWP 1
-#endif
 
 namespace {
 
