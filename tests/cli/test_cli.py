@@ -50,6 +50,7 @@ import json
 import math
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -1555,6 +1556,167 @@ class FlCheckpoint(FlTestCase):
         self.check_error(["fl", "simulate", "--config", cfg, "--resume"], 2, "fl simulate", ["--resume needs --checkpoint"])
 
 
+# ------------------------------------------------------------------ NoNN
+
+class NonnCli(CliTestCase):
+    """partition nonn and infer end to end on the real Fashion-MNIST with a
+    small, briefly trained vgg_fmnist teacher: the distributed result (one
+    process per student) equals the unified student's bit for bit, every
+    device sends |P_i| floats per image; bad teachers, bad N, an existing
+    --out and damaged module directories each give one line and write
+    nothing."""
+
+    LIMITS = ["--train-limit", "600", "--test-limit", "200"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls._shared = tempfile.TemporaryDirectory(prefix="fleetdl-nonn-")
+        d = cls._shared.name
+        cls.teacher = os.path.join(d, "teacher.fdl")
+        cls.dense = os.path.join(d, "dense.fdl")
+        cls.mods = os.path.join(d, "mods")
+        for model, out in (("vgg_fmnist", cls.teacher), ("lenet300_100", cls.dense)):
+            args = ["train", "--model", model, "--epochs", "1", "--no-progress", "--threads", "2", "--out", out] + cls.LIMITS
+            p = run(args)
+            if p.returncode != 0:
+                raise AssertionError("teacher training failed:" + describe(args, p))
+        args = ["partition", "nonn", "--teacher", cls.teacher, "--students", "3", "--mode", "balanced", "--epochs", "1",
+                "--threads", "2", "--out", cls.mods, "--json", "--no-progress"] + cls.LIMITS
+        cls.partition_run = run(args)
+        cls.partition_args = args
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._shared.cleanup()
+
+    def manifest(self):
+        self.assertEqual(self.partition_run.returncode, 0, describe(self.partition_args, self.partition_run))
+        return strict_json(self.partition_run.stdout)
+
+    def test_partition_writes_modules(self):
+        m = self.manifest()
+        self.assertEqual(m["format"], "fleetdl-nonn-modules")
+        with open(os.path.join(self.mods, "modules.json")) as fh:
+            self.assertEqual(strict_json(fh.read()), m, "stdout and modules.json differ")
+        self.assertEqual(sorted(os.listdir(self.mods)),
+                         ["combiner.fdl", "modules.json", "student0.fdl", "student1.fdl", "student2.fdl", "unified.fdl"])
+        sizes = [s["features"] for s in m["students"]]
+        filters = [f for s in m["students"] for f in s["filters"]]
+        # balanced: every one of the teacher's 128 filters, once, sizes within one
+        self.assertEqual(sorted(filters), list(range(128)))
+        self.assertLessEqual(max(sizes) - min(sizes), 1)
+        self.assertEqual(sizes, [len(s["filters"]) for s in m["students"]])
+        self.assertEqual(m["partition"]["sizes"], sizes)
+        for s in m["students"]:
+            self.assertEqual(s["cost"]["bytes_sent_per_image"], 4 * s["features"])
+            self.assertLess(s["cost"]["params"] * 10, m["teacher"]["cost"]["params"])
+        self.assertEqual(m["training"]["validation_images"], 60)
+        self.assertEqual(m["test_images"], 200)
+
+    def test_infer_matches_unified(self):
+        m = self.manifest()
+        out = self.check_json(["infer", "--modules", self.mods, "--test-limit", "200", "--json"])
+        self.assertIs(out["matches_unified"], True)
+        self.assertEqual(out["students"], 3)
+        self.assertEqual(out["test_images"], 200)
+        self.assertEqual(out["test_accuracy"], m["test_accuracy"])
+        devices = out["devices"]
+        self.assertEqual([d["device"] for d in devices], ["student0", "student1", "student2", "combiner"])
+        for d, s in zip(devices, m["students"]):
+            # measured on the pipe: exactly |P_i| float32 per image
+            self.assertEqual(d["bytes_sent_per_image"], 4 * s["features"])
+            self.assertEqual(d["params"], s["cost"]["params"])
+            self.assertEqual(d["macs"], s["cost"]["macs"])
+            self.assertLessEqual(d["bytes_sent_per_image"], 1024)
+        # latency = max over students of (compute + link) + combiner compute
+        slowest = max(d["compute_seconds"] + d["link_seconds"] for d in devices[:3])
+        self.assertAlmostEqual(out["latency_seconds"], slowest + devices[3]["compute_seconds"], places=5)
+
+    def partition_error(self, extra, needles, teacher=None):
+        out = self.path("mods")
+        args = ["partition", "nonn", "--teacher", teacher or self.teacher, "--epochs", "1", "--no-progress",
+                "--out", out] + self.LIMITS + extra
+        self.check_error(args, 1, "partition nonn", needles)
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual([f for f in os.listdir(self.tmp) if ".partial" in f], [])
+
+    def test_partition_bad_input(self):
+        self.partition_error(["--students", "2"], ["teacher has no conv layer"], teacher=self.dense)
+        self.partition_error(["--students", "40"], ["N=40 is larger than the communities allow"])
+        self.partition_error(["--students", "200", "--mode", "random"], ["more than the teacher's 128 filters"])
+        self.partition_error(["--students", "2"], [self.path("nosuch.fdl"), "cannot open"], teacher=self.path("nosuch.fdl"))
+        os.makedirs(self.path("taken"))
+        args = ["partition", "nonn", "--teacher", self.teacher, "--students", "2", "--out", self.path("taken")]
+        self.check_error(args, 1, "partition nonn", [self.path("taken"), "already exists"])
+
+    def test_partition_usage(self):
+        base = ["partition", "nonn", "--teacher", self.teacher, "--out", self.path("m")]
+        self.check_error(base + ["--students", "2", "--mode", "louvain"], 2, "partition nonn", ["unknown mode 'louvain'"])
+        self.check_error(base + ["--students", "0"], 2, "partition nonn", ["--students", "out of range"])
+        self.check_error(base, 2, "partition nonn", ["--students N is required"])
+        self.check_error(["partition", "split"], 2, "partition", ["unknown method 'split'"])
+
+    def damaged(self, damage):
+        d = self.path("mods")
+        shutil.copytree(self.mods, d)
+        damage(d)
+        return d
+
+    def infer_error(self, damage, needles):
+        d = self.damaged(damage)
+        self.check_error(["infer", "--modules", d, "--test-limit", "200", "--json"], 1, "infer", needles)
+        shutil.rmtree(d)
+
+    def test_infer_bad_modules(self):
+        self.manifest()
+
+        def flip(name):
+            def f(d):
+                path = os.path.join(d, name)
+                with open(path, "r+b") as fh:
+                    data = bytearray(fh.read())
+                    data[len(data) // 2] ^= 0x10
+                    fh.seek(0)
+                    fh.write(data)
+            return f
+
+        def edit_manifest(fn):
+            def f(d):
+                path = os.path.join(d, "modules.json")
+                with open(path) as fh:
+                    m = json.load(fh)
+                fn(m)
+                with open(path, "w") as fh:
+                    json.dump(m, fh)
+            return f
+
+        def truncate_manifest(d):
+            path = os.path.join(d, "modules.json")
+            with open(path, "rb") as fh:
+                data = fh.read()
+            with open(path, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+
+        cases = [
+            ("missing_student", lambda d: os.remove(os.path.join(d, "student1.fdl")), ["student1.fdl", "cannot open"]),
+            ("corrupt_student", flip("student0.fdl"), ["student0.fdl", "CRC-32 mismatch"]),
+            ("corrupt_combiner", flip("combiner.fdl"), ["combiner.fdl", "CRC-32 mismatch"]),
+            ("missing_manifest", lambda d: os.remove(os.path.join(d, "modules.json")), ["modules.json"]),
+            ("truncated_manifest", truncate_manifest, ["modules.json"]),
+            ("wrong_features", edit_manifest(lambda m: m["students"][2].update(features=7)),
+             ["student2.fdl", "the manifest says 7 features"]),
+            ("path_escape", edit_manifest(lambda m: m["students"][0].update(file="../teacher.fdl")),
+             ["students[0].file", "inside the directory"]),
+            ("wrong_format", edit_manifest(lambda m: m.update(format="something-else")), ["fleetdl-nonn-modules"]),
+            ("no_students", edit_manifest(lambda m: m.update(students=[])), ["\"students\""]),
+            ("dropped_student", edit_manifest(lambda m: m["students"].pop()), ["combiner.fdl", "takes", "features"]),
+        ]
+        for name, damage, needles in cases:
+            with self.subTest(case=name):
+                self.infer_error(damage, needles)
+        self.check_error(["infer", "--modules", self.path("nosuch")], 1, "infer", [self.path("nosuch"), "no such module directory"])
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
@@ -1562,11 +1724,12 @@ GROUPS = {
     "train-eval": [TrainEval],
     "fl-bad-config": [FlBadConfig],
     "fl-simulate": [FlSimulate, FlCheckpoint],
+    "nonn": [NonnCli],
 }
 
 
 # Groups that need the real Fashion-MNIST (exit 77 without it).
-NEEDS_DATASET = {"train-eval", "fl-simulate"}
+NEEDS_DATASET = {"train-eval", "fl-simulate", "nonn"}
 
 
 def main(argv):
