@@ -519,6 +519,15 @@ struct NonnTrainOptions {
   nn::SgdOptions sgd{0.01, 0.9, 0.0, 0.0, false};  ///< SGD with momentum 0.9
   nn::AdamOptions adam{};
   nn::LrSchedule schedule{};  ///< per epoch, on the optimizer's base rate
+  /// Compute the teacher's outputs (logits and the selected pooled
+  /// activations) for every training image once, before the first epoch,
+  /// instead of once per batch per epoch: the teacher is fixed and runs in
+  /// eval mode, so the targets are the same, and the teacher's forward
+  /// (usually far costlier than the students') runs once instead of `epochs`
+  /// times. Needs images x (classes + sum |P_i|) scalars of memory; above
+  /// max_cache_bytes the per-batch path is used.
+  bool cache_teacher = true;
+  std::size_t max_cache_bytes = std::size_t{2} << 30;
 };
 
 struct NonnProgress {
@@ -637,11 +646,29 @@ Result<NonnTrainReport> train_nonn(UnifiedStudent<S>& u, nn::Model<S>& teacher,
   const Index n = images.cols();
   const Index batches = (n + o.batch - 1) / o.batch;
   std::vector<Index> order(static_cast<std::size_t>(n));
-  Matrix<S> xb, t_sel, g_logits, g_feats, d_feats;
+  Matrix<S> xb, t_sel, t_logits, g_logits, g_feats, d_feats;
   std::vector<std::uint8_t> yb;
   TeacherOutputs<S> tout;
   NonnTrainReport rep;
   const auto t0 = std::chrono::steady_clock::now();
+  // the teacher's targets for every image, once (see cache_teacher)
+  const double cache_bytes = static_cast<double>(n) * static_cast<double>(u.classes() + static_cast<Index>(rows.size())) *
+                             static_cast<double>(sizeof(S));
+  const bool cached = o.cache_teacher && o.epochs > 0 && cache_bytes <= static_cast<double>(o.max_cache_bytes);
+  Matrix<S> all_logits, all_sel;
+  if (cached) {
+    all_logits.resize(u.classes(), n);
+    all_sel.resize(static_cast<Index>(rows.size()), n);
+    constexpr Index chunk = 256;
+    for (Index b = 0; b < n; b += chunk) {
+      const Index e = std::min(n, b + chunk);
+      xb = images.middleCols(b, e - b);
+      detail::nonn::teacher_batch(teacher, *feature, xb, pool, tout);
+      detail::nonn::gather_rows(tout.pooled, rows, t_sel);
+      all_logits.middleCols(b, e - b) = tout.logits;
+      all_sel.middleCols(b, e - b) = t_sel;
+    }
+  }
   for (int ep = 0; ep < o.epochs; ++ep) {
     const auto te = std::chrono::steady_clock::now();
     const double lr = o.schedule.at(base_lr, ep);
@@ -655,11 +682,21 @@ Result<NonnTrainReport> train_nonn(UnifiedStudent<S>& u, nn::Model<S>& teacher,
     for (Index bi = 0; bi < batches; ++bi) {
       const Index b = bi * o.batch, e = std::min(n, b + o.batch);
       nn::detail::gather_batch(images, labels, order, b, e, xb, yb);
-      detail::nonn::teacher_batch(teacher, *feature, xb, pool, tout);
-      detail::nonn::gather_rows(tout.pooled, rows, t_sel);
+      if (cached) {
+        t_logits.resize(all_logits.rows(), e - b);
+        t_sel.resize(all_sel.rows(), e - b);
+        for (Index i = b; i < e; ++i) {
+          t_logits.col(i - b) = all_logits.col(order[static_cast<std::size_t>(i)]);
+          t_sel.col(i - b) = all_sel.col(order[static_cast<std::size_t>(i)]);
+        }
+      } else {
+        detail::nonn::teacher_batch(teacher, *feature, xb, pool, tout);
+        detail::nonn::gather_rows(tout.pooled, rows, t_sel);
+        t_logits = tout.logits;
+      }
       const Matrix<S>& feats = u.body.forward(xb, ctx);
       const Matrix<S>& logits = u.head.forward(feats, ctx);
-      const NonnLossTerms l = nonn_loss(logits, tout.logits, yb, feats, t_sel, o.loss, &g_logits, &g_feats);
+      const NonnLossTerms l = nonn_loss(logits, t_logits, yb, feats, t_sel, o.loss, &g_logits, &g_feats);
       correct += nn::detail::count_correct(logits, yb);
       u.body.zero_grad();
       u.head.zero_grad();
