@@ -1,0 +1,11 @@
+// fleetdl/compress.hpp — the compression toolchain: magnitude and structured
+// pruning with a gradual schedule (compress/prune.hpp), k-means weight sharing
+// with centroid fine-tuning (compress/cluster.hpp), canonical Huffman coding
+// (compress/huffman.hpp) and the stored compressed-model format with exact byte
+// accounting (compress/store.hpp). Knowledge distillation is nn::kd_loss.
+#pragma once
+
+#include "fleetdl/compress/huffman.hpp"
+#include "fleetdl/compress/prune.hpp"
+#include "fleetdl/compress/cluster.hpp"
+#include "fleetdl/compress/store.hpp"
