@@ -39,19 +39,22 @@ TEST_CASE("k-means: assignments and convergence on a 1-D set", "[compress][clust
   CHECK(cb.centroids == std::vector<float>{2.0f, 10.0f});
   CHECK(cb.assign == std::vector<std::int32_t>{0, 0, 0, -1, 1, 1, 1});
 
-  // Init 0,1,2,3,4 over {0.1, 0.9, 1.1, 4}: 0.1 -> 0 (nearer 0 than 1),
-  // a weight exactly between two centroids goes to the smaller one.
+  // Init 0.5, 1.375, 2.25, 3.125, 4 over {0.5, 4, 1.5, 2.5}: each weight
+  // goes to its nearest centroid.
   const float v[] = {0.5f, 4.0f, 1.5f, 2.5f};
   const auto c2 = cz::kmeans_1d(v, 4, 5, 1);
   CHECK(c2.assign == std::vector<std::int32_t>{0, 4, 1, 2});
-  // One iteration: the means 0.5, 1.5, 2.5, (empty cluster 3 keeps 3.25), 4.
+  // One iteration: the means 0.5, 1.5, 2.5, (empty cluster 3 keeps 3.125), 4.
   const float lo = 0.5f, hi = 4.0f;
   const float step = (hi - lo) / 4;
   CHECK(c2.centroids == std::vector<float>{0.5f, 1.5f, 2.5f, lo + 3 * step, 4.0f});
 
-  // Lloyd moves a centroid across iterations: {0, 0, 0, 10} with k = 2 from
-  // {0.1, 10} is a fixed point; {1, 2, 6, 7, 8} with k = 2 from {1, 8}:
-  // 1,2,(4.5 -> 1?) 6,7,8 -> means 1.5 and 7 -> stable.
+  // A weight exactly between two centroids goes to the smaller one.
+  const float t[] = {1, 2, 3};
+  CHECK(cz::kmeans_1d(t, 3, 2, 1).assign == std::vector<std::int32_t>{0, 0, 1});
+
+  // {1, 2, 6, 7, 8}, k = 2, init {1, 8}: midpoint 4.5 splits {1, 2} from
+  // {6, 7, 8}; means 1.5 and 7; the next pass changes nothing.
   const float u[] = {1, 2, 6, 7, 8};
   const auto c3 = cz::kmeans_1d(u, 5, 2);
   CHECK(c3.centroids == std::vector<float>{1.5f, 7.0f});
