@@ -715,6 +715,9 @@ TEST_CASE("micro verifier: a table of corrupted blobs, one per check", "[micro][
           put32(b, t0, 65536);
           put32(b, t0 + 4, 65536);
         }) == E::bad_shape);  // 2^32 * 16 elements
+  CHECK(patched([&](auto& b) {
+          for (std::size_t d = 0; d < 4; ++d) put32(b, t0 + 4 * d, 0x7FFFFFFFu);
+        }) == E::bad_shape);  // (2^31 - 1)^4: no int64 overflow on the way (found by the fuzzer)
   CHECK(patched([&](auto& b) { put32(b, t0 + mi::layout::kTZeroPoint, 200); }) == E::bad_quantization);
   CHECK(patched([&](auto& b) { put32(b, t0 + mi::layout::kTScale, 0x7FC00000u); }) == E::bad_quantization);  // NaN
   CHECK(patched([&](auto& b) { put32(b, t0 + mi::layout::kTScale, 0); }) == E::bad_quantization);
