@@ -30,8 +30,11 @@ def main():
             print(f"| {label} | {part} | not run | | | {pub:.2f} | {pub - 0.5:.2f} | |")
             continue
         by_round = {}  # a resumed run may repeat a round: keep the last record
+        commits = []
         for line in path.read_text().splitlines():
             rec = json.loads(line)
+            if rec.get("meta") and rec.get("commit") not in commits:
+                commits.append(rec.get("commit"))
             if "round" in rec and rec.get("accuracy") is not None:
                 by_round[rec["round"]] = rec
         rounds = [(r, 100.0 * by_round[r]["accuracy"]) for r in sorted(by_round)]
@@ -41,12 +44,13 @@ def main():
             continue
         best_round, best = max(rounds, key=lambda r: (r[1], -r[0]))
         last = rounds[-1][1]
-        met = "yes" if best >= pub - 0.5 else f"no ({best - pub:+.2f})"
+        met = "yes" if best >= pub - 0.5 else f"no (short by {pub - 0.5 - best:.2f})"
         n = rounds[-1][0]
         note = "" if n >= 50 else " (partial)"
         print(f"| {label} | {part} | {n}{note} | {best:.2f} ({best_round}) | {last:.2f} | {pub:.2f} | "
               f"{pub - 0.5:.2f} | {met} |")
-        print(f"<!-- {name}: median wall time per round {sorted(wall)[len(wall) // 2]:.1f} s -->")
+        print(f"<!-- {name}: median wall time per round {sorted(wall)[len(wall) // 2]:.1f} s; "
+              f"started at commit(s) {', '.join(str(c) for c in commits)} -->")
 
 
 if __name__ == "__main__":
