@@ -20,6 +20,8 @@ packages=(
   zlib1g-dev             # gzip-compressed IDX datasets
   catch2                 # unit tests (Catch2 2.13)
   libgemmlowp-dev        # unit tests: int8 softmax and fixed-point checks against gemmlowp itself
+  clang                  # the libFuzzer harnesses of the 'fuzz' suite (tests/fuzz/)
+  libclang-rt-14-dev     # libFuzzer and the sanitizer runtimes for clang 14
   libsqlite3-dev         # the orchestrator's record (planned parts)
   libasio-dev            # device <-> orchestrator transport (planned parts)
   cmake                  # CMake consumer test of the installed package

@@ -1,5 +1,5 @@
 // fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl, sim,
-// partition, micro. Later areas (compress, wire) join here as they land.
+// partition, micro, compress. Later areas (wire) join here as they land.
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -10,3 +10,4 @@
 #include "fleetdl/sim.hpp"
 #include "fleetdl/partition.hpp"
 #include "fleetdl/micro.hpp"
+#include "fleetdl/compress.hpp"

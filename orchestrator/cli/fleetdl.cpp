@@ -94,7 +94,7 @@ constexpr const char* kUsage =
     "              --top-k K (C/5) --percentile P (99) --width W (16) --blocks B (2) --seed S\n"
     "              --threads T --train-limit N --test-limit N --allow-shrink --json --no-progress\n"
     "infer options: --modules DIR --dataset NAME --data-dir DIR --test-limit N --batch B --threads T\n"
-    "              --macs-per-second X --up-bytes-per-second X --link-latency S --json\n";
+    "              --macs-per-second X --up-bytes-per-second X --link-latency S --timeout S (3600) --json\n";
 
 
 int cmd_train(int argc, char** argv) {

@@ -32,6 +32,7 @@
 #include "cli_common.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -57,6 +58,8 @@ namespace data = fleetdl::data;
 
 constexpr char kFeatMagic[8] = {'F', 'D', 'L', 'F', 'E', 'A', 'T', '1'};
 constexpr std::size_t kFeatHeader = 8 + 4 + 4 + 8;
+/// Most students `infer` runs (one process each).
+constexpr std::size_t kMaxStudents = 64;
 using partition::StudentCost;
 using partition::module_cost;
 
@@ -90,8 +93,10 @@ Result<ModuleSet> load_modules(const std::string& dir) {
   const json::Value* cls = doc->find("classes");
   if (!cls || !cls->is_int() || cls->as_int() < 2 || cls->as_int() > 65536) return bad("\"classes\" must be an integer in [2, 65536]");
   const json::Value* studs = doc->find("students");
-  if (!studs || !studs->is_array() || studs->items().empty() || studs->items().size() > 1024)
-    return bad("\"students\" must be an array of 1 to 1024 modules");
+  // one process per student, each holding the test set: a device count, not
+  // thousands
+  if (!studs || !studs->is_array() || studs->items().empty() || studs->items().size() > kMaxStudents)
+    return bad("\"students\" must be an array of 1 to " + std::to_string(kMaxStudents) + " modules");
   // a module file name: a plain name inside DIR
   const auto plain = [](const std::string& f) {
     return !f.empty() && f.size() <= 255 && f.find('/') == std::string::npos && f != "." && f != "..";
@@ -203,9 +208,11 @@ Result<Worker> spawn_student(const std::vector<std::string>& args) {
   return w;
 }
 
-/// Read every worker's stdout and stderr to the end (poll), then reap them.
-/// Stops reading a worker that sends more than it should.
-void drain(std::vector<Worker>& ws) {
+/// Read every worker's stdout and stderr to the end (poll). Stops reading a
+/// worker that sends more than it should. Returns false if the deadline
+/// passed (or poll failed) first: every worker is then killed and its pipes
+/// closed, so none stays blocked in write() and the caller can reap them.
+bool drain(std::vector<Worker>& ws, std::chrono::steady_clock::time_point deadline) {
   for (;;) {
     std::vector<pollfd> fds;
     std::vector<std::pair<std::size_t, bool>> who;  // (worker, is stdout)
@@ -219,10 +226,18 @@ void drain(std::vector<Worker>& ws) {
         who.emplace_back(i, false);
       }
     }
-    if (fds.empty()) break;
-    if (::poll(fds.data(), fds.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
+    if (fds.empty()) return true;
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    const int rc = left > 0 ? ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 1000))) : 0;
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0 || left <= 0) {
+      for (auto& w : ws) {
+        if (w.pid > 0) ::kill(w.pid, SIGKILL);
+        close_fd(w.out);
+        close_fd(w.err);
+      }
+      return false;
     }
     for (std::size_t k = 0; k < fds.size(); ++k) {
       if (!(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -269,7 +284,7 @@ int cmd_infer_student(int argc, char** argv) {
   if (!a.has("--module")) throw UsageError{"--module FILE is required"};
   const auto index = static_cast<std::uint32_t>(a.integer("--index", 0, 0, 1023));
   const Index features = static_cast<Index>(a.integer("--features", 1, 1, 1 << 20));
-  const Index limit = static_cast<Index>(a.integer("--test-limit", 0, 0, 1 << 30));
+  const Index limit = static_cast<Index>(a.integer("--test-limit", -1, 1, 1 << 30));
   const Index batch = static_cast<Index>(a.integer("--batch", 256, 1, 1 << 16));
   const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
   auto m = io::load_model<float>(a.str("--module", ""));
@@ -296,7 +311,23 @@ int cmd_infer_student(int argc, char** argv) {
     }
     return true;
   };
-  if (!write_all(w.bytes())) return fail(cmd, "cannot write the feature stream");
+  // Failure injection for the tests of `infer` (never set in normal use):
+  // FLEETDL_TEST_INFER_FAULT=crash|hang|short|long|header makes this worker
+  // fail, stall, or send a stream that is too short, too long, or whose header
+  // names another student.
+  const char* fault_env = std::getenv("FLEETDL_TEST_INFER_FAULT");
+  const std::string fault = fault_env ? fault_env : "";
+  if (fault == "crash") return fail(cmd, "injected failure");
+  if (fault == "hang") {
+    for (;;) ::pause();
+  }
+  if (fault == "header") {
+    std::vector<std::uint8_t> h = w.bytes();
+    h[8] ^= 1;  // the student index
+    if (!write_all(h)) return fail(cmd, "cannot write the feature stream");
+  } else if (!write_all(w.bytes())) {
+    return fail(cmd, "cannot write the feature stream");
+  }
   nn::ExecContext<float> ctx;
   ctx.pool = &pool;
   for (Index b = 0; b < test->size(); b += batch) {
@@ -306,7 +337,16 @@ int cmd_infer_student(int argc, char** argv) {
     ByteWriter fw;
     for (Index j = 0; j < n; ++j)
       for (Index f = 0; f < features; ++f) fw.f32(y(f, j));
+    if (fault == "short" && b + n >= test->size()) {
+      std::vector<std::uint8_t> cut = fw.bytes();
+      cut.resize(cut.size() - 4);
+      return write_all(cut) ? 0 : 1;
+    }
     if (!write_all(fw.bytes())) return fail(cmd, "cannot write the feature stream");
+  }
+  if (fault == "long") {
+    const std::vector<std::uint8_t> extra(64, 0);
+    if (!write_all(extra)) return 1;
   }
   return 0;
 }
@@ -318,18 +358,19 @@ int cmd_infer(int argc, char** argv) {
   const std::string cmd = "infer";
   Args a(cmd, argc, argv,
          {"--modules", "--dataset", "--data-dir", "--test-limit", "--batch", "--threads", "--macs-per-second",
-          "--up-bytes-per-second", "--link-latency"},
+          "--up-bytes-per-second", "--link-latency", "--timeout"},
          {"--json"});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
   if (!a.has("--modules")) throw UsageError{"--modules DIR is required"};
   const DatasetChoice ds = dataset_option(a);
-  const Index limit = static_cast<Index>(a.integer("--test-limit", 0, 0, 1 << 30));
+  const Index limit = static_cast<Index>(a.integer("--test-limit", -1, 1, 1 << 30));
   const Index batch = static_cast<Index>(a.integer("--batch", 256, 1, 1 << 16));
   const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
   const sim::DeviceProfile defaults;
   const double mps = a.number("--macs-per-second", defaults.macs_per_second, 1.0, 1e18);
   const double up = a.number("--up-bytes-per-second", defaults.up_bytes_per_second, 1.0, 1e15);
   const double link = a.number("--link-latency", defaults.latency_seconds, 0.0, 1e6);
+  const double timeout = a.number("--timeout", 3600.0, 0.1, 1e7);
   const bool json_out = a.has("--json");
   const std::string dir = a.str("--modules", "");
 
@@ -342,6 +383,7 @@ int cmd_infer(int argc, char** argv) {
     return fail(cmd, dir + ": the modules take " + set->students[0].model.input_shape().str() +
                          " inputs, the dataset has " + std::to_string(test->images.rows()) + " values per image");
   const Index images = test->size();
+  if (images < 1) return fail(cmd, ds.dir + ": no test images");
 
   std::vector<Worker> ws;
   const auto stop_all = [&] {
@@ -368,12 +410,14 @@ int cmd_infer(int argc, char** argv) {
     w->expected = kFeatHeader + static_cast<std::size_t>(images) * static_cast<std::size_t>(st.features) * 4;
     ws.push_back(std::move(*w));
   }
-  drain(ws);
+  const bool finished =
+      drain(ws, t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout)));
   std::vector<int> status(ws.size(), 0);
   for (std::size_t i = 0; i < ws.size(); ++i) {
     ::waitpid(ws[i].pid, &status[i], 0);
     ws[i].pid = -1;
   }
+  if (!finished) return fail(cmd, "the student processes did not finish within " + num(timeout) + " s (--timeout)");
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   // check every stream before using it
@@ -382,11 +426,13 @@ int cmd_infer(int argc, char** argv) {
   for (std::size_t i = 0; i < ws.size(); ++i) {
     const auto& st = set->students[i];
     const std::string who = "student " + std::to_string(i) + " (" + st.file + ")";
+    const auto& b = ws[i].bytes;
+    if (b.size() > ws[i].expected)
+      return fail(cmd, who + " sent more than the " + std::to_string(ws[i].expected) + " bytes expected");
     if (!WIFEXITED(status[i]) || WEXITSTATUS(status[i]) != 0) {
       const std::string why = last_line(ws[i].err_text);
       return fail(cmd, who + " failed" + (why.empty() ? "" : ": " + why));
     }
-    const auto& b = ws[i].bytes;
     if (b.size() != ws[i].expected)
       return fail(cmd, who + " sent " + std::to_string(b.size()) + " bytes, expected " + std::to_string(ws[i].expected));
     ByteReader r(b.data(), b.size());
@@ -428,7 +474,10 @@ int cmd_infer(int argc, char** argv) {
     double sent_per_image = 0, compute = 0, link = 0;
   };
   std::vector<Row> rows;
-  double slowest = 0;
+  // latency = max_i(t_i) + comm + t_FC (the issue's formula); the students
+  // send in parallel, each on its own uplink, so comm is one transfer of the
+  // largest feature vector
+  double slowest = 0, comm = 0;
   for (std::size_t i = 0; i < ws.size(); ++i) {
     Row rw;
     rw.name = "student" + std::to_string(i);
@@ -436,21 +485,24 @@ int cmd_infer(int argc, char** argv) {
     rw.sent_per_image = static_cast<double>(ws[i].bytes.size() - kFeatHeader) / static_cast<double>(std::max<Index>(images, 1));
     rw.compute = static_cast<double>(rw.c.macs) / mps;
     rw.link = link + rw.sent_per_image / up;
-    slowest = std::max(slowest, rw.compute + rw.link);
+    slowest = std::max(slowest, rw.compute);
+    comm = std::max(comm, rw.link);
     rows.push_back(rw);
   }
   Row comb;
   comb.name = "combiner";
   comb.c = module_cost(set->combiner);
   comb.compute = static_cast<double>(comb.c.macs) / mps;
-  const double latency = slowest + comb.compute;
+  const double latency = slowest + comm + comb.compute;
 
   if (json_out) {
     std::ostringstream o;
     o << "{\"command\":\"infer\",\"modules\":\"" << json_escape(dir) << "\",\"students\":" << ws.size()
       << ",\"test_images\":" << images << ",\"test_accuracy\":" << json_num(accuracy)
       << ",\"matches_unified\":" << (same ? (*same ? "true" : "false") : "null")
-      << ",\"latency_seconds\":" << json_num(latency) << ",\"wall_seconds\":" << json_num(wall)
+      << ",\"latency_seconds\":" << json_num(latency) << ",\"latency\":{\"slowest_student_seconds\":"
+      << json_num(slowest) << ",\"comm_seconds\":" << json_num(comm) << ",\"combiner_seconds\":" << json_num(comb.compute)
+      << "},\"wall_seconds\":" << json_num(wall)
       << ",\"profile\":{\"macs_per_second\":" << json_num(mps) << ",\"up_bytes_per_second\":" << json_num(up)
       << ",\"link_latency_seconds\":" << json_num(link) << "},\"devices\":[";
     rows.push_back(comb);
@@ -475,9 +527,10 @@ int cmd_infer(int argc, char** argv) {
     std::printf("%-10s %10lld %12lld %12lld %12lld %10s %12s\n", rw.name.c_str(), static_cast<long long>(rw.c.params),
                 static_cast<long long>(rw.c.weight_bytes), static_cast<long long>(rw.c.peak_activation_bytes),
                 static_cast<long long>(rw.c.macs), num(rw.sent_per_image).c_str(), num(rw.compute).c_str());
-  std::printf("simulated latency per image: %s s = max over students of (compute + %s s link + bytes / %s B/s) + "
-              "combiner %s s, at %s MAC/s\n",
-              num(latency).c_str(), num(link).c_str(), num(up).c_str(), num(comb.compute).c_str(), num(mps).c_str());
+  std::printf("simulated latency per image: %s s = slowest student %s s + comm %s s (%s s link latency + largest "
+              "feature vector / %s B/s) + combiner %s s, at %s MAC/s\n",
+              num(latency).c_str(), num(slowest).c_str(), num(comm).c_str(), num(link).c_str(), num(up).c_str(),
+              num(comb.compute).c_str(), num(mps).c_str());
   return 0;
 }
 
@@ -558,7 +611,10 @@ int cmd_partition(int argc, char** argv) {
   partition::NonnTrainOptions to;
   to.epochs = static_cast<int>(a.integer("--epochs", 10, 1, 100000));
   to.batch = static_cast<Index>(a.integer("--batch", 64, 1, 1 << 16));
-  to.seed = static_cast<std::uint64_t>(a.integer("--seed", 1, 0, std::numeric_limits<long long>::max()));
+  // one --seed, one independent stream per purpose
+  const auto seed = static_cast<std::uint64_t>(a.integer("--seed", 1, 0, std::numeric_limits<long long>::max()));
+  const Rng seeds(seed);
+  to.seed = seeds.fork(0x07D3).next_u64();  // epoch order
   to.optimizer = opt_name == "adam" ? partition::NonnOptimizer::adam : partition::NonnOptimizer::sgd;
   const double lr = a.number("--lr", opt_name == "adam" ? 0.001 : 0.01, 1e-12, 10.0);
   to.sgd.lr = lr;
@@ -568,25 +624,47 @@ int cmd_partition(int argc, char** argv) {
   to.loss.beta = a.number("--beta", 1e4, 0.0, 1e9);
   partition::LouvainOptions lo;
   lo.gamma = a.number("--gamma", 0.7, 1e-6, 1e6);
-  lo.seed = to.seed;
+  lo.seed = seeds.fork(0x10FA).next_u64();  // Louvain's visit order
   partition::FilterGraphOptions go;
   if (a.has("--top-k")) go.k = static_cast<Index>(a.integer("--top-k", 1, 1, 1 << 20));
   go.p = a.number("--percentile", 99.0, 0.0, 100.0);
   partition::StudentSpec spec;
   spec.width = static_cast<Index>(a.integer("--width", spec.width, 1, 4096));
   spec.blocks = static_cast<Index>(a.integer("--blocks", spec.blocks, 1, 6));
-  spec.seed = to.seed;
+  spec.seed = seeds.fork(0x57D).next_u64();  // the students' initialisation
   const int threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
-  const Index train_limit = static_cast<Index>(a.integer("--train-limit", 0, 0, 1 << 30));
-  const Index test_limit = static_cast<Index>(a.integer("--test-limit", 0, 0, 1 << 30));
+  const Index train_limit = static_cast<Index>(a.integer("--train-limit", -1, 1, 1 << 30));
+  const Index test_limit = static_cast<Index>(a.integer("--test-limit", -1, 1, 1 << 30));
   const bool json_out = a.has("--json");
-  const std::string out = a.str("--out", "");
+  std::string out = a.str("--out", "");
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
   const std::string teacher_path = a.str("--teacher", "");
 
   // the output directory: must not exist yet; its parent must
   std::error_code ec;
-  if (fs::exists(out, ec)) return fail(cmd, out + ": already exists (choose a new --out directory)");
+  // symlink_status: a dangling symlink exists too
+  if (fs::symlink_status(out, ec).type() != fs::file_type::not_found)
+    return fail(cmd, out + ": already exists (choose a new --out directory)");
   if (auto why = unwritable_reason(out); !why.empty()) return fail(cmd, why);
+  // the temporary directory first, so an unwritable parent fails before the
+  // training; a unique name (mkdtemp), removed on every path unless committed
+  const fs::path final_dir(out);
+  std::string tmpl = (final_dir.parent_path() / (final_dir.filename().string() + ".partial-XXXXXX")).string();
+  if (!::mkdtemp(tmpl.data())) return fail(cmd, out + ": cannot create " + tmpl + " (" + std::strerror(errno) + ")");
+  const fs::path tmp(tmpl);
+  {  // mkdtemp makes it 0700; the module directory gets the usual 0777 & ~umask
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    fs::permissions(tmp, static_cast<fs::perms>(0777 & ~mask), ec);
+  }
+  struct TmpGuard {
+    fs::path p;
+    bool keep = false;
+    ~TmpGuard() {
+      std::error_code e;
+      if (!keep) fs::remove_all(p, e);
+    }
+  } guard{tmp};
 
   auto tf = io::load_model<float>(teacher_path);
   if (!tf) return fail(cmd, tf.error().message);
@@ -617,7 +695,7 @@ int cmd_partition(int argc, char** argv) {
   std::string partition_json;
   if (mode == "random") {
     if (n > filters) return fail(cmd, "--students " + std::to_string(n) + " is more than the teacher's " + std::to_string(filters) + " filters");
-    assignment = random_assignment(filters, n, to.seed);
+    assignment = random_assignment(filters, n, seeds.fork(0x3A4D).next_u64());
     std::vector<Index> sizes;
     std::string lists = "[";
     for (std::size_t i = 0; i < assignment.size(); ++i) {
@@ -625,7 +703,7 @@ int cmd_partition(int argc, char** argv) {
       lists += (i ? "," : "") + int_list(assignment[i]);
     }
     partition_json = "{\"format\":\"fleetdl.nonn_partition\",\"version\":1,\"mode\":\"random\",\"filters\":" +
-                     std::to_string(filters) + ",\"students\":" + std::to_string(n) + ",\"seed\":" + std::to_string(to.seed) +
+                     std::to_string(filters) + ",\"students\":" + std::to_string(n) + ",\"seed\":" + std::to_string(seed) +
                      ",\"sizes\":" + int_list(sizes) + ",\"assignment\":" + lists + "]}";
   } else {
     partition::AssignOptions ao;
@@ -668,14 +746,7 @@ int cmd_partition(int argc, char** argv) {
   if (!costs) return fail(cmd, costs.error().message);
   const StudentCost tcost = module_cost(teacher);
 
-  const fs::path final_dir(out);
-  const fs::path tmp = final_dir.parent_path() / (final_dir.filename().string() + ".partial-" + std::to_string(::getpid()));
-  fs::remove_all(tmp, ec);
-  if (!fs::create_directory(tmp, ec)) return fail(cmd, tmp.string() + ": cannot create (" + ec.message() + ")");
-  const auto abandon = [&](const std::string& why) {
-    fs::remove_all(tmp, ec);
-    return fail(cmd, why);
-  };
+  const auto abandon = [&](const std::string& why) { return fail(cmd, why); };  // guard removes tmp
   io::Metadata meta = {{"nonn_students", std::to_string(sizes.size())}, {"teacher", teacher_path}};
   std::ostringstream studs;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
@@ -699,7 +770,7 @@ int cmd_partition(int argc, char** argv) {
     << "},\"test_accuracy\":" << json_num(student_acc) << ",\"test_images\":" << test->size()
     << ",\"training\":{\"epochs\":" << to.epochs << ",\"batch\":" << to.batch << ",\"optimizer\":\"" << opt_name
     << "\",\"lr\":" << json_num(lr) << ",\"alpha\":" << json_num(to.loss.alpha) << ",\"temperature\":"
-    << json_num(to.loss.temperature) << ",\"beta\":" << json_num(to.loss.beta) << ",\"seed\":" << to.seed
+    << json_num(to.loss.temperature) << ",\"beta\":" << json_num(to.loss.beta) << ",\"seed\":" << seed
     << ",\"train_images\":" << train->size() << ",\"validation_images\":" << val << ",\"width\":" << spec.width
     << ",\"blocks\":" << spec.blocks << ",\"final_loss\":" << json_num(last.loss) << ",\"seconds\":" << json_num(rep->seconds)
     << "},\"partition\":" << partition_json << "}";
@@ -708,8 +779,10 @@ int cmd_partition(int argc, char** argv) {
                                   std::vector<std::uint8_t>(manifest.begin(), manifest.end()));
       !ok)
     return abandon(ok.error().message);
-  fs::rename(tmp, final_dir, ec);
-  if (ec) return abandon(out + ": cannot move the modules into place (" + ec.message() + ")");
+  // RENAME_NOREPLACE: an (empty) directory created at --out meanwhile is not silently replaced
+  if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_NOREPLACE) != 0)
+    return abandon(out + ": cannot move the modules into place (" + std::strerror(errno) + ")");
+  guard.keep = true;
 
   Index max_params = 0;
   for (const auto& c : costs->students) max_params = std::max(max_params, c.params);

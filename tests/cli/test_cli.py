@@ -1628,9 +1628,48 @@ class NonnCli(CliTestCase):
             self.assertEqual(d["params"], s["cost"]["params"])
             self.assertEqual(d["macs"], s["cost"]["macs"])
             self.assertLessEqual(d["bytes_sent_per_image"], 1024)
-        # latency = max over students of (compute + link) + combiner compute
-        slowest = max(d["compute_seconds"] + d["link_seconds"] for d in devices[:3])
-        self.assertAlmostEqual(out["latency_seconds"], slowest + devices[3]["compute_seconds"], places=5)
+        # latency = max_i(t_i) + comm + t_FC, comm = link latency + largest vector / uplink
+        slowest = max(d["compute_seconds"] for d in devices[:3])
+        comm = 0.05 + max(d["bytes_sent_per_image"] for d in devices[:3]) / 125000.0
+        self.assertAlmostEqual(out["latency"]["slowest_student_seconds"], slowest, places=9)
+        self.assertAlmostEqual(out["latency"]["comm_seconds"], comm, places=6)
+        self.assertAlmostEqual(out["latency_seconds"], slowest + comm + devices[3]["compute_seconds"], places=6)
+
+    def test_infer_defaults_to_the_whole_test_set(self):
+        """Without --test-limit every test image is used (regression: the
+        default once meant zero images and a vacuous match)."""
+        self.manifest()
+        out = self.check_json(["infer", "--modules", self.mods, "--json"])
+        self.assertEqual(out["test_images"], 10000)
+        self.assertIs(out["matches_unified"], True)
+        self.assertGreater(out["devices"][0]["bytes_sent_per_image"], 0)
+
+    def test_infer_worker_failures(self):
+        """A student process that fails, stalls, or sends a short, long or
+        foreign stream fails the command with one line naming the student
+        (failure injection through FLEETDL_TEST_INFER_FAULT); no process is
+        left behind."""
+        self.manifest()
+        cases = [
+            ("crash", ["student 0", "failed", "injected failure"]),
+            ("short", ["student 0", "sent", "expected"]),
+            ("long", ["student 0", "more than the", "bytes expected"]),
+            ("header", ["student 0", "wrong header"]),
+            ("hang", ["did not finish within 3 s"]),
+        ]
+        for fault, needles in cases:
+            with self.subTest(fault=fault):
+                os.environ["FLEETDL_TEST_INFER_FAULT"] = fault
+                try:
+                    start = time.time()
+                    self.check_error(["infer", "--modules", self.mods, "--test-limit", "200", "--timeout", "3"], 1,
+                                     "infer", needles)
+                    self.assertLess(time.time() - start, 60)
+                finally:
+                    del os.environ["FLEETDL_TEST_INFER_FAULT"]
+                leftover = subprocess.run(["pgrep", "-f", "infer-student --module " + self.mods],
+                                          stdout=subprocess.PIPE, text=True).stdout.split()
+                self.assertEqual(leftover, [], "student processes left running")
 
     def partition_error(self, extra, needles, teacher=None):
         out = self.path("mods")

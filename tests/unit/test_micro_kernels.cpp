@@ -46,6 +46,8 @@ static_assert(!mi::window_geometry(mi::Padding::valid, 2, 2, 3, 3, 1, 1).ok);
 static_assert(mi::flat_size(mi::Shape4{2, 3, 4, 5}) == 120);
 static_assert(!mi::shape_ok(mi::Shape4{0, 3, 4, 5}));
 static_assert(!mi::shape_ok(mi::Shape4{65536, 65536, 1, 1}));
+static_assert(!mi::shape_ok(mi::Shape4{INT32_MAX, INT32_MAX, INT32_MAX, INT32_MAX}));  // regression: no int64 overflow (fuzzer)
+static_assert(mi::shape_ok(mi::Shape4{1, 1, 1, INT32_MAX}));
 
 I8 random_i8(std::mt19937& rng, std::size_t n, int lo = -128, int hi = 127) {
   std::uniform_int_distribution<int> d(lo, hi);

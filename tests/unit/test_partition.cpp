@@ -341,6 +341,34 @@ TEST_CASE("louvain: recovers 4 weakly linked cliques of 8", "[partition]") {
   }
 }
 
+namespace {
+/// Q by its definition, independently of pt::modularity: (1/2m) sum over
+/// ordered pairs (i, j) in one community of A_ij - gamma k_i k_j / 2m, with a
+/// dense adjacency matrix (a self-loop of weight w gives A_ii = 2w).
+double naive_modularity(const pt::Graph& g, const std::vector<std::vector<Index>>& comms, double gamma) {
+  const Index n = g.nodes();
+  std::vector<std::vector<double>> A(static_cast<std::size_t>(n), std::vector<double>(static_cast<std::size_t>(n), 0.0));
+  for (const auto& e : g.edges()) {
+    A[static_cast<std::size_t>(e.u)][static_cast<std::size_t>(e.v)] += e.u == e.v ? 2 * e.w : e.w;
+    if (e.u != e.v) A[static_cast<std::size_t>(e.v)][static_cast<std::size_t>(e.u)] += e.w;
+  }
+  std::vector<double> k(static_cast<std::size_t>(n), 0.0);
+  double two_m = 0;
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < n; ++j) {
+      k[static_cast<std::size_t>(i)] += A[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)];
+      two_m += A[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)];
+    }
+  double q = 0;
+  for (const auto& c : comms)
+    for (const Index i : c)
+      for (const Index j : c)
+        q += A[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)] -
+             gamma * k[static_cast<std::size_t>(i)] * k[static_cast<std::size_t>(j)] / two_m;
+  return q / two_m;
+}
+}  // namespace
+
 TEST_CASE("louvain: Zachary's karate club", "[partition]") {
   const auto g = karate();
   REQUIRE(g.nodes() == 34);
@@ -360,10 +388,15 @@ TEST_CASE("louvain: Zachary's karate club", "[partition]") {
     CHECK(r->modularity >= 0.39);
     CHECK(r->modularity <= 0.41979);
     if (r->modularity >= 0.4197) ++at_optimum;
-    // reported Q equals a direct recomputation, exactly
+    // reported Q equals a direct recomputation, exactly, and Q by its
+    // definition computed independently here
     auto q = pt::modularity(g, r->communities, 1.0);
     REQUIRE(q.ok());
     CHECK(r->modularity == *q);
+    CHECK(r->modularity == Approx(naive_modularity(g, r->communities, 1.0)).margin(1e-12));
+    auto r7 = pt::louvain(g, {0.7, seed});
+    REQUIRE(r7.ok());
+    CHECK(r7->modularity == Approx(naive_modularity(g, r7->communities, 0.7)).margin(1e-12));
     // communities: sorted, ordered by smallest member, covering every node
     std::set<Index> all;
     Index prev_first = -1;
@@ -554,6 +587,16 @@ TEST_CASE("assign reference: only singletons leave no student", "[partition]") {
 
 // --------------------------------------------------------------------------
 // Balanced
+
+// REGRESSION (review): an empty community joined the "size <= 1" merge a
+// second time, so filters 0, 1 and 9 went to two students at once.
+TEST_CASE("assign: an empty community is refused in both modes", "[partition]") {
+  for (const auto mode : {pt::AssignMode::reference, pt::AssignMode::balanced}) {
+    auto m = pt::assign_students(comms(10, {{}, {0}, {1}, {2, 3, 4, 5}, {6, 7, 8}, {9}}), 10, {2, mode, false});
+    REQUIRE_FALSE(m.ok());
+    CHECK(m.error().message.find("community 0 is empty") != std::string::npos);
+  }
+}
 
 TEST_CASE("assign balanced: sizes within one, every filter once", "[partition]") {
   SECTION("whole communities when they fit") {

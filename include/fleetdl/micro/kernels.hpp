@@ -67,7 +67,14 @@ struct Shape4 {
 
 constexpr bool shape_ok(const Shape4& s) noexcept {
   if (s.n < 1 || s.h < 1 || s.w < 1 || s.c < 1) return false;
-  const std::int64_t size = static_cast<std::int64_t>(s.n) * s.h * s.w * s.c;  // each < 2^31: no overflow
+  // stepwise, stopping as soon as the product passes INT32_MAX: n*h*w*c of
+  // four values near 2^31 would overflow even int64 (found by the fuzzer)
+  std::int64_t size = s.n;
+  size *= s.h;  // each step: size <= INT32_MAX and a factor < 2^31, below 2^62
+  if (size > INT32_MAX) return false;
+  size *= s.w;
+  if (size > INT32_MAX) return false;
+  size *= s.c;
   return size <= INT32_MAX;
 }
 

@@ -202,10 +202,10 @@ inline Result<PartitionManifest> reference(const LouvainResult& lv, Index C, con
     eff = K - 1;
     const std::string why = "N=" + std::to_string(N) + " is larger than the communities allow: only " +
                             std::to_string(K) + " clusters after merging (the largest is dropped), so at most " +
-                            std::to_string(std::max<Index>(eff, 0)) + " students";
+                            std::to_string(std::max<Index>(eff, 0)) + (eff == 1 ? " student" : " students");
     if (eff < 1) return make_error(Errc::invalid_argument, "assign_students: " + why);
     if (!opt.allow_shrink)
-      return make_error(Errc::invalid_argument, "assign_students: " + why + " (set allow_shrink to accept " +
+      return make_error(Errc::invalid_argument, "assign_students: " + why + " (allow_shrink, --allow-shrink in the CLI, accepts " +
                                                     std::to_string(eff) + ")");
     m.note = "students shrunk from " + std::to_string(N) + " to " + std::to_string(eff) + ": only " +
              std::to_string(K) + " clusters after merging";
@@ -288,6 +288,11 @@ inline Result<PartitionManifest> assign_students(const LouvainResult& lv, Index 
                                                   " students; need at least one");
   auto of = detail::louvain::membership("assign_students", filters, lv.communities);
   if (!of) return std::move(of).error();
+  // an empty community would repeat the merged "size <= 1" cluster in
+  // reference mode (one filter, two students) or make an empty student
+  for (std::size_t c = 0; c < lv.communities.size(); ++c)
+    if (lv.communities[c].empty())
+      return make_error(Errc::invalid_argument, "assign_students: community " + std::to_string(c) + " is empty");
   return opt.mode == AssignMode::reference ? detail::assign::reference(lv, filters, opt)
                                            : detail::assign::balanced(lv, filters, opt);
 }
