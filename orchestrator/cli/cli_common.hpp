@@ -1,11 +1,12 @@
 // orchestrator/cli/cli_common.hpp — what the `fleetdl` commands share: the
 // argument parser, one-line errors, number and JSON formatting, the progress
 // bar, output-path checks and the dataset options. The commands live in
-// fleetdl.cpp (train, eval, info, fl simulate) and nonn.cpp (partition nonn,
-// infer).
+// fleetdl.cpp (train, eval, info, fl simulate), nonn.cpp (partition nonn,
+// infer) and micro.cpp (export-header).
 #pragma once
 
 #include "fleetdl/core.hpp"
+#include "fleetdl/data/dataset.hpp"  // FLEETDL_FASHION_MNIST_DIR
 
 #include <unistd.h>
 
@@ -195,5 +196,7 @@ inline int finish(const std::string& cmd, int rc) {
 int cmd_partition(int argc, char** argv);
 int cmd_infer(int argc, char** argv);
 int cmd_infer_student(int argc, char** argv);
+// The micro-runtime commands (micro.cpp).
+int cmd_export_header(int argc, char** argv);
 
 }  // namespace fleetdl::cli

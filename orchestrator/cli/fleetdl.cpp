@@ -55,6 +55,7 @@ constexpr const char* kUsage =
     "  fl simulate  run a federated-learning experiment on a simulated fleet\n"
     "  partition nonn  split a teacher into N NoNN students (one module per device)\n"
     "  infer   distributed inference over the modules of partition nonn\n"
+    "  export-header  embed a verified int8 micro model blob in a C/C++ header\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -94,7 +95,8 @@ constexpr const char* kUsage =
     "              --top-k K (C/5) --percentile P (99) --width W (16) --blocks B (2) --seed S\n"
     "              --threads T --train-limit N --test-limit N --allow-shrink --json --no-progress\n"
     "infer options: --modules DIR --dataset NAME --data-dir DIR --test-limit N --batch B --threads T\n"
-    "              --macs-per-second X --up-bytes-per-second X --link-latency S --timeout S (3600) --json\n";
+    "              --macs-per-second X --up-bytes-per-second X --link-latency S --timeout S (3600) --json\n"
+    "export-header options: --blob MODEL.bin --out MODEL.h [--name IDENT (default: from --out)]\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -512,6 +514,7 @@ int main(int argc, char** argv) {
     if (cmd == "fl") return finish(cmd, cmd_fl(argc - 2, argv + 2));
     if (cmd == "partition") return finish(cmd, cmd_partition(argc - 2, argv + 2));
     if (cmd == "infer") return finish(cmd, cmd_infer(argc - 2, argv + 2));
+    if (cmd == "export-header") return finish(cmd, cmd_export_header(argc - 2, argv + 2));
     if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors

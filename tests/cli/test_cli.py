@@ -1756,6 +1756,94 @@ class NonnCli(CliTestCase):
         self.check_error(["infer", "--modules", self.path("nosuch")], 1, "infer", [self.path("nosuch"), "no such module directory"])
 
 
+# ------------------------------------------------------------------ micro
+
+def micro_reshape_blob():
+    """The smallest valid fleetdl::micro blob (micro/blob.hpp, version 1): an
+    int8 {1,2,2,3} input reshaped to {1,1,1,12}. Written here byte by byte
+    from the format description, independently of the C++ writer."""
+    T, O, I, Q = 2, 1, 1, 1
+    tensors = b""
+    for shape in ((1, 2, 2, 3), (1, 1, 1, 12)):
+        tensors += struct.pack("<4i f i B B H I I I", *shape, 0.05, -3, 0, 0, 0, 0, 0, 0)
+    op = struct.pack("<BBBB 7i H H 8H I", 9, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, *([0xFFFF] * 7), 0)
+    io = struct.pack("<II", 0, 1)
+    body_len = 64 + 40 * T + 56 * O + 4 * (I + Q)
+    data = (body_len + 15) // 16 * 16
+    length = data + 4
+    header = b"FDLMICRO" + struct.pack("<IIQIIIII5I", 1, 0, length, T, O, I, Q, data, 0, 0, 0, 0, 0)
+    blob = header + tensors + op + io
+    blob += b"\0" * (data - len(blob))
+    return blob + struct.pack("<I", zlib.crc32(blob) & 0xFFFFFFFF)
+
+
+class MicroCli(CliTestCase):
+    """export-header: a verified blob becomes a header that compiles as C++
+    and C and holds the same bytes; an unverifiable blob, a bad name or an
+    unwritable --out gives one line and writes nothing."""
+
+    def blob(self, data=None):
+        path = self.path("model.bin")
+        with open(path, "wb") as fh:
+            fh.write(micro_reshape_blob() if data is None else data)
+        return path
+
+    def test_header_compiles_and_holds_the_blob(self):
+        blob = micro_reshape_blob()
+        out = self.path("tiny_model.h")
+        p = self.check_ok(["export-header", "--blob", self.blob(), "--out", out])
+        self.assertIn("tiny_model[]", p.stdout)
+        with open(out) as fh:
+            text = fh.read()
+        self.assertIn("static const size_t tiny_model_len = %d;" % len(blob), text)
+        arena = int(text.split("tiny_model_arena_bytes = ")[1].split(";")[0])
+        self.assertGreater(arena, 0)
+        body = text.split("tiny_model[%d] = {" % len(blob))[1].split("};")[0]
+        self.assertEqual(bytes(int(x, 16) for x in body.replace(",", " ").split()), blob)
+        # it compiles as C++ with the runtime, which verifies and plans it
+        # again on init, and as C
+        main = self.path("use.cpp")
+        with open(main, "w") as fh:
+            fh.write('#include "fleetdl/micro.hpp"\n#include "%s"\n'
+                     'int main() { alignas(16) static std::uint8_t arena[4096];\n'
+                     '  auto r = fleetdl::micro::Interpreter::init(tiny_model, tiny_model_len, arena, sizeof arena);\n'
+                     '  return r.code == fleetdl::micro::ErrorCode::ok ? 0 : 1; }\n' % out)
+        include = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "include")
+        c = subprocess.run(["g++", "-std=c++20", "-fno-exceptions", "-fno-rtti", "-I", include, main, "-o",
+                            self.path("use")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(c.returncode, 0, c.stdout)
+        self.assertEqual(subprocess.run([self.path("use")]).returncode, 0)
+        cfile = self.path("use.c")
+        with open(cfile, "w") as fh:
+            fh.write('#include "%s"\nint main(void) { return tiny_model_len == sizeof tiny_model ? 0 : 1; }\n' % out)
+        c = subprocess.run(["gcc", "-std=c11", "-Wall", "-Werror", "-Wno-unused-const-variable", cfile, "-o",
+                            self.path("usec")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(c.returncode, 0, c.stdout)
+        self.assertEqual(subprocess.run([self.path("usec")]).returncode, 0)
+
+    def test_bad_blobs_and_usage(self):
+        good = micro_reshape_blob()
+        flipped = bytearray(good)
+        flipped[30] ^= 1
+        out = self.path("m.h")
+        for name, data, needles in [
+            ("empty", b"", ["not a valid micro model blob"]),
+            ("crc", bytes(flipped), ["not a valid micro model blob", "CRC"]),
+            ("magic", b"FDLMACRO" + good[8:], ["not a valid micro model blob"]),
+            ("truncated", good[:-1], ["not a valid micro model blob"]),
+        ]:
+            with self.subTest(case=name):
+                self.check_error(["export-header", "--blob", self.blob(data), "--out", out], 1, "export-header",
+                                 needles, out=out)
+        self.check_error(["export-header", "--blob", self.path("nosuch.bin"), "--out", out], 1, "export-header",
+                         [self.path("nosuch.bin"), "cannot open"], out=out)
+        self.check_error(["export-header", "--blob", self.blob(), "--out", out, "--name", "9lives"], 2,
+                         "export-header", ["'9lives' is not a C identifier"], out=out)
+        self.check_error(["export-header", "--blob", self.blob(), "--out", self.path("nodir", "m.h")], 1,
+                         "export-header", [self.path("nodir"), "does not exist"])
+        self.check_error(["export-header", "--out", out], 2, "export-header", ["--blob FILE is required"], out=out)
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
@@ -1764,6 +1852,7 @@ GROUPS = {
     "fl-bad-config": [FlBadConfig],
     "fl-simulate": [FlSimulate, FlCheckpoint],
     "nonn": [NonnCli],
+    "micro": [MicroCli],
 }
 
 
