@@ -18,15 +18,16 @@
 //     equal to plan_arena_bytes;
 //   * a table of bad inputs for calibrate and quantize_model.
 //
-// The no-heap property of the int8 run is not re-checked here: the counting
-// operator new lives in test_micro_runtime.cpp's anonymous namespace (and a
-// second replacement would clash at link time); QuantizedRunner only calls
-// Interpreter::invoke plus loops over preallocated buffers.
+// The trained cnn1's int8 inference is also checked to be heap-free: no
+// operator new between set_input and the end of get_output, counted by
+// heap_counter.hpp (the counting operator new is test_micro_runtime.cpp's).
 #include "fleetdl/compress/quantize.hpp"
 #include "fleetdl/data/dataset.hpp"
 #include "fleetdl/nn/optim.hpp"
 #include "fleetdl/nn/train.hpp"
 #include "fleetdl/nn/zoo.hpp"
+
+#include "heap_counter.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -638,6 +639,35 @@ TEST_CASE("quantize: cnn1 on Fashion-MNIST, int8 within 1.5 points of float", "[
   WARN(s.str());
   CHECK(fl.accuracy > 0.70);
   CHECK(std::fabs(ev->accuracy - fl.accuracy) <= 0.015);
+
+  // One inference of the trained model allocates nothing: quantizing the
+  // input, the interpreter's invoke and dequantizing the output all work in
+  // the runner's buffers and the arena.
+  {
+    auto runner = cz::QuantizedRunner::create(*q);
+    REQUIRE(runner.ok());
+    std::vector<float> logits(static_cast<std::size_t>(runner->output_size()));
+    long allocations = -1;
+    bool ran = false;
+    {
+      fleetdl_test::HeapCounter counter;
+      for (Index j = 0; j < 20; ++j) {
+        runner->set_input(test->images.col(j).data());
+        ran = runner->invoke();
+        runner->get_output(logits.data());
+      }
+      allocations = counter.count();
+    }
+    {  // the counter is live in this binary: an allocation is seen
+      fleetdl_test::HeapCounter probe;
+      auto* v = new std::vector<int>(3);
+      delete v;
+      CHECK(probe.count() >= 1);
+    }
+    CHECK(ran);
+    CHECK(allocations == 0);
+    CHECK(runner->arena_used() == runner->arena_planned());
+  }
 
   // Percentile calibration also works end to end.
   cz::CalibrationOptions po;

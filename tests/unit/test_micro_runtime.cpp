@@ -23,6 +23,8 @@
 #include "fleetdl/micro/planner.hpp"
 #include "fleetdl/micro/verifier.hpp"
 
+#include "heap_counter.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -37,7 +39,7 @@
 #include <vector>
 
 // ---------------------------------------------------------------------------
-// HeapCounter: this file replaces the global operator new / delete of the
+// HeapCounter (heap_counter.hpp): this file replaces the global operator new / delete of the
 // whole unit_tests binary. The replacements only forward to malloc / free
 // and, on a thread inside a HeapCounter scope, count the allocation; they
 // never fail or abort, so other test files see the default behaviour. (The
@@ -45,19 +47,11 @@
 // deletes, and the micro headers never use them.) malloc itself is
 // not hooked: the micro headers include no allocating library header, which
 // the -ffreestanding syntax check of the build documents.
+using fleetdl_test::HeapCounter;
+using fleetdl_test::tl_heap_count;
+using fleetdl_test::tl_heap_counting;
+
 namespace {
-thread_local long tl_heap_count = 0;
-thread_local bool tl_heap_counting = false;
-
-struct HeapCounter {
-  HeapCounter() {
-    tl_heap_count = 0;
-    tl_heap_counting = true;
-  }
-  ~HeapCounter() { tl_heap_counting = false; }
-  long count() const { return tl_heap_count; }
-};
-
 void* counted_alloc(std::size_t n) {
   if (tl_heap_counting) ++tl_heap_count;
   void* p = std::malloc(n == 0 ? 1 : n);
