@@ -2,7 +2,7 @@
 // argument parser, one-line errors, number and JSON formatting, the progress
 // bar, output-path checks and the dataset options. The commands live in
 // fleetdl.cpp (train, eval, info, fl simulate), nonn.cpp (partition nonn,
-// infer) and micro.cpp (export-header).
+// infer), micro.cpp (export-header) and compress.cpp (compress).
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -198,5 +198,7 @@ int cmd_infer(int argc, char** argv);
 int cmd_infer_student(int argc, char** argv);
 // The micro-runtime commands (micro.cpp).
 int cmd_export_header(int argc, char** argv);
+// The compression pipeline (compress.cpp).
+int cmd_compress(int argc, char** argv);
 
 }  // namespace fleetdl::cli

@@ -56,6 +56,7 @@ constexpr const char* kUsage =
     "  partition nonn  split a teacher into N NoNN students (one module per device)\n"
     "  infer   distributed inference over the modules of partition nonn\n"
     "  export-header  embed a verified int8 micro model blob in a C/C++ header\n"
+    "  compress  structured/magnitude pruning, clustering, int8 quantization with per-stage report\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -96,7 +97,12 @@ constexpr const char* kUsage =
     "              --threads T --train-limit N --test-limit N --allow-shrink --json --no-progress\n"
     "infer options: --modules DIR --dataset NAME --data-dir DIR --test-limit N --batch B --threads T\n"
     "              --macs-per-second X --up-bytes-per-second X --link-latency S --timeout S (3600) --json\n"
-    "export-header options: --blob MODEL.bin --out MODEL.h [--name IDENT (default: from --out)]\n";
+    "export-header options: --blob MODEL.bin --out MODEL.h [--name IDENT (default: from --out)]\n"
+    "compress options: --model M.fdl --out FILE (.fdlz store; the micro blob with --quantize int8)\n"
+    "              [--structured S] [--prune S] (fractions in [0, 1)) [--cluster K (2..256)] [--quantize int8]\n"
+    "              [--distill T.fdl --temperature T (4) --alpha X (0.9)] --finetune-epochs E (1) --lr X (0.001)\n"
+    "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
+    "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -515,6 +521,7 @@ int main(int argc, char** argv) {
     if (cmd == "partition") return finish(cmd, cmd_partition(argc - 2, argv + 2));
     if (cmd == "infer") return finish(cmd, cmd_infer(argc - 2, argv + 2));
     if (cmd == "export-header") return finish(cmd, cmd_export_header(argc - 2, argv + 2));
+    if (cmd == "compress") return finish(cmd, cmd_compress(argc - 2, argv + 2));
     if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors

@@ -1844,6 +1844,104 @@ class MicroCli(CliTestCase):
         self.check_error(["export-header", "--out", out], 2, "export-header", ["--blob FILE is required"], out=out)
 
 
+class CompressCli(CliTestCase):
+    """fleetdl compress on the real Fashion-MNIST with a briefly trained cnn1:
+    per-stage sizes, ratios against the input's float32 weight bytes,
+    accuracies, MACs and the int8 arena; the int8 blob passes export-header;
+    without --quantize OUT is the .fdlz store of the last float stage; bad
+    input gives one line and writes nothing."""
+
+    LIMITS = ["--train-limit", "2000", "--test-limit", "500"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls._shared = tempfile.TemporaryDirectory(prefix="fleetdl-compress-")
+        cls.model = os.path.join(cls._shared.name, "cnn1.fdl")
+        args = ["train", "--model", "cnn1", "--epochs", "1", "--no-progress", "--out", cls.model] + cls.LIMITS
+        p = run(args)
+        if p.returncode != 0:
+            raise AssertionError("training failed:" + describe(args, p))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._shared.cleanup()
+
+    def test_prune_cluster_int8(self):
+        out = self.path("cnn1.bin")
+        r = self.check_json(["compress", "--model", self.model, "--prune", "0.5", "--cluster", "16", "--quantize",
+                             "int8", "--finetune-epochs", "1", "--json", "--out", out] + self.LIMITS)
+        stages = r["stages"]
+        self.assertEqual([s["stage"] for s in stages], ["float", "prune", "cluster", "int8"])
+        self.assertEqual(r["out_format"], "micro-int8")
+        self.assertEqual(r["float32_weight_bytes"], stages[0]["params"] * 4)
+        for s in stages:
+            self.assertAlmostEqual(s["ratio"], r["float32_weight_bytes"] / s["stored_bytes"], delta=1e-3 * s["ratio"])
+            self.assertGreater(s["macs"], 0)
+        # the float stages shrink the store; the int8 blob holds dense int8
+        # weights (neither sparsity nor clustering is exploited by the micro
+        # format), so it is about 4x, below the clustered store
+        ratios = [s["ratio"] for s in stages[1:3]]
+        self.assertGreater(ratios[0], 1.0)
+        self.assertGreater(ratios[1], ratios[0])
+        self.assertGreater(stages[3]["ratio"], 3.0)
+        self.assertIsNone(stages[2]["arena_bytes"])
+        self.assertGreater(stages[3]["arena_bytes"], 0)
+        self.assertGreater(stages[0]["accuracy"], 0.5)
+        self.assertLess(abs(stages[3]["accuracy"] - stages[2]["accuracy"]), 0.03)
+        self.assertEqual(os.path.getsize(out), stages[3]["stored_bytes"])
+        self.assertEqual(r["out_bytes"], stages[3]["stored_bytes"])
+        p = self.check_ok(["export-header", "--blob", out, "--out", self.path("cnn1.h")])
+        self.assertIn("arena %d bytes" % stages[3]["arena_bytes"], p.stdout)
+
+    def test_structured_distill_store(self):
+        out = self.path("cnn1.fdlz")
+        r = self.check_json(["compress", "--model", self.model, "--structured", "0.25", "--prune", "0.5",
+                             "--distill", self.model, "--json", "--out", out] + self.LIMITS)
+        stages = r["stages"]
+        self.assertEqual([s["stage"] for s in stages], ["float", "structured", "prune"])
+        self.assertEqual(r["out_format"], "fdlz")
+        self.assertLess(stages[1]["params"], stages[0]["params"])
+        self.assertLess(stages[1]["macs"], stages[0]["macs"])
+        self.assertGreater(stages[2]["ratio"], stages[1]["ratio"])
+        self.assertGreater(stages[1]["ratio"], 1.0)
+        self.assertEqual(os.path.getsize(out), stages[2]["stored_bytes"])
+
+    def test_text_table(self):
+        p = self.check_ok(["compress", "--model", self.model, "--cluster", "8", "--finetune-epochs", "0",
+                           "--out", self.path("c.fdlz")] + self.LIMITS)
+        self.assertIn("cluster", p.stdout)
+        self.assertIn("ratio", p.stdout)
+
+    def test_bad_input(self):
+        out = self.path("out.bin")
+        corrupt = self.path("corrupt.fdl")
+        with open(self.model, "rb") as fh:
+            data = bytearray(fh.read())
+        data[40] ^= 0xFF
+        with open(corrupt, "wb") as fh:
+            fh.write(bytes(data))
+        base = ["compress", "--out", out] + self.LIMITS
+        cases = [
+            (["--model", self.model, "--prune", "1"], 2, ["--prune", "range"]),
+            (["--model", self.model, "--prune", "-0.1"], 2, ["--prune", "range"]),
+            (["--model", self.model, "--structured", "1.5"], 2, ["--structured", "range"]),
+            (["--model", self.model, "--cluster", "1"], 2, ["--cluster", "range"]),
+            (["--model", self.model, "--cluster", "257"], 2, ["--cluster", "range"]),
+            (["--model", self.model, "--quantize", "int4"], 2, ["--quantize", "int4"]),
+            (["--model", self.model], 2, ["nothing to do"]),
+            (["--prune", "0.5"], 2, ["--model", "required"]),
+            (["--model", self.path("missing.fdl"), "--prune", "0.5"], 1, ["missing.fdl"]),
+            (["--model", corrupt, "--prune", "0.5"], 1, ["corrupt.fdl"]),
+            (["--model", self.model, "--prune", "0.5", "--distill", self.path("none.fdl")], 1, ["none.fdl"]),
+            (["--model", self.model, "--quantize", "int8", "--data-dir", self.path("nodata")], 1, ["nodata"]),
+        ]
+        for extra, code, needles in cases:
+            with self.subTest(args=extra):
+                self.check_error(base + extra, code, "compress", needles, out=out)
+        self.check_error(["compress", "--model", self.model, "--prune", "0.5", "--out",
+                          self.path("no", "such", "dir", "x.bin")] + self.LIMITS, 1, "compress", ["does not exist"])
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
@@ -1853,11 +1951,12 @@ GROUPS = {
     "fl-simulate": [FlSimulate, FlCheckpoint],
     "nonn": [NonnCli],
     "micro": [MicroCli],
+    "compress": [CompressCli],
 }
 
 
 # Groups that need the real Fashion-MNIST (exit 77 without it).
-NEEDS_DATASET = {"train-eval", "fl-simulate", "nonn"}
+NEEDS_DATASET = {"train-eval", "fl-simulate", "nonn", "compress"}
 
 
 def main(argv):
