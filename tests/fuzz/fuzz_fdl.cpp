@@ -1,12 +1,13 @@
 // tests/fuzz/fuzz_fdl.cpp — libFuzzer harness for the .fdl decoder
-// (fleetdl/io/fdl.hpp). Not part of the Meson build.
+// (fleetdl/io/fdl.hpp). Built and run for 20 s by the Meson suite 'fuzz'
+// (tests/fuzz/meson.build, seeds from gen_fdl_seeds).
 //
 // Each input is decoded twice: as is (magic, header, length and CRC checks),
 // and with its length field and CRC-32 fixed up so that mutations reach the
 // architecture, metadata and tensor parsers behind the checksum. Whatever
 // decodes must re-encode and decode again to the same bytes.
 //
-// Build and run (clang 14+; Eigen from the system):
+// By hand (clang 14+; Eigen from the system):
 //   clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined \
 //     -fno-sanitize-recover=undefined -I include -I /usr/include/eigen3 \
 //     tests/fuzz/fuzz_fdl.cpp -o fuzz_fdl
