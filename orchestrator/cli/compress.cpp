@@ -347,4 +347,56 @@ int cmd_compress(int argc, char** argv) {
   return 0;
 }
 
+
+/// `fleetdl eval` on an int8 micro blob (a file starting with "FDLMICRO", as
+/// `fleetdl compress --quantize int8` writes): verified and planned first,
+/// then every test image through the micro runtime (quantize the CHW floats
+/// into the blob's NHWC int8 input, invoke, argmax of the dequantized output).
+int eval_micro_blob(const std::string& cmd, const std::string& path, const std::string& data_dir, Index test_limit,
+                    bool json) {
+  auto bytes = read_file(path, std::uint64_t{64} << 20);
+  if (!bytes) return fail(cmd, bytes.error().message);
+  const micro::PlanResult plan = micro::plan_arena_bytes(bytes->data(), bytes->size());
+  if (!plan)
+    return fail(cmd, path + ": not a valid micro model blob: " + plan.status.message + " (" +
+                         micro::describe(plan.status.code) + ", index " + std::to_string(plan.status.index) + ")");
+  const micro::ModelView v(bytes->data(), bytes->size());
+  if (v.input_count() != 1 || v.output_count() != 1)
+    return fail(cmd, path + ": the blob has " + std::to_string(v.input_count()) + " inputs and " +
+                         std::to_string(v.output_count()) + " outputs; eval needs one of each");
+  const micro::TensorDesc in = v.tensor(v.input_id(0)), out = v.tensor(v.output_id(0));
+  if (in.shape.n != 1 || out.shape.n != 1) return fail(cmd, path + ": the blob's batch dimension must be 1");
+  cz::QuantizedModel qm;
+  qm.blob = std::move(*bytes);
+  qm.input_shape = Shape{in.shape.c, in.shape.h, in.shape.w};
+  qm.output_shape = Shape{out.shape.c, out.shape.h, out.shape.w};
+  qm.output_layout = qm.output_shape;
+  qm.input = {in.scale, in.zero_point};
+  qm.output = {out.scale, out.zero_point};
+  qm.arena_bytes = plan.plan.total;
+  auto test = data::load_fashion_mnist<float>(data_dir, false, test_limit);
+  if (!test) return fail(cmd, test.error().message);
+  if (qm.input_shape != test->shape)
+    return fail(cmd, path + ": blob input " + qm.input_shape.str() + " does not match the dataset's " + test->shape.str());
+  if (qm.output_shape.size() != test->classes)
+    return fail(cmd, path + ": blob has " + std::to_string(qm.output_shape.size()) + " outputs, dataset has " +
+                         std::to_string(test->classes) + " classes");
+  auto ev = cz::evaluate_int8(qm, test->images, test->labels);
+  if (!ev) return fail(cmd, path + ": " + ev.error().message);
+  if (json) {
+    std::printf("{\"command\":\"eval\",\"model\":\"%s\",\"format\":\"micro-int8\",\"blob_bytes\":%zu,\"test_images\":%lld,"
+                "\"test_accuracy\":%s,\"arena_bytes\":%zu,\"planned_arena_bytes\":%llu,\"latency_us\":%s,"
+                "\"max_latency_us\":%s}\n",
+                json_escape(path).c_str(), qm.blob.size(), static_cast<long long>(ev->samples),
+                json_num(ev->accuracy).c_str(), ev->arena_bytes, static_cast<unsigned long long>(ev->planned_arena_bytes),
+                json_num(ev->mean_latency_us).c_str(), json_num(ev->max_latency_us).c_str());
+  } else {
+    std::printf("int8 micro blob, %zu bytes: test accuracy %.4f (%lld images), arena %zu bytes (planned %llu), "
+                "%.1f us per image\n",
+                qm.blob.size(), ev->accuracy, static_cast<long long>(ev->samples), ev->arena_bytes,
+                static_cast<unsigned long long>(ev->planned_arena_bytes), ev->mean_latency_us);
+  }
+  return 0;
+}
+
 }  // namespace fleetdl::cli

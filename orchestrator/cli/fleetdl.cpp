@@ -81,7 +81,7 @@ constexpr const char* kUsage =
     "  --json                print one JSON object on stdout\n"
     "  --no-progress         never draw the progress bar\n"
     "\n"
-    "eval options: MODEL.fdl --dataset NAME --data-dir DIR --threads T --test-limit N\n"
+    "eval options: (MODEL.fdl | MODEL.int8 micro blob) --dataset NAME --data-dir DIR --threads T --test-limit N\n"
     "              --latency-runs N (default 200) --json\n"
     "info options: (MODEL.fdl | --model NAME) --recurse --json\n"
     "fl simulate options: --config FILE (JSON, schema in docs/fl-simulate.md)\n"
@@ -233,6 +233,13 @@ int cmd_eval(int argc, char** argv) {
   const int runs = static_cast<int>(a.integer("--latency-runs", 200, 1, 1000000));
   const bool json = a.has("--json");
 
+  {  // an int8 micro blob (fleetdl compress --quantize int8) runs through the micro runtime
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    char magic[8] = {};
+    const bool micro_blob = f && std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "FDLMICRO", 8) == 0;
+    if (f) std::fclose(f);
+    if (micro_blob) return eval_micro_blob(cmd, path, ds.dir, test_limit, json);
+  }
   auto file = io::load_model<float>(path);
   if (!file) return fail(cmd, file.error().message);
   auto& model = file->model;

@@ -1892,6 +1892,21 @@ class CompressCli(CliTestCase):
         self.assertEqual(r["out_bytes"], stages[3]["stored_bytes"])
         p = self.check_ok(["export-header", "--blob", out, "--out", self.path("cnn1.h")])
         self.assertIn("arena %d bytes" % stages[3]["arena_bytes"], p.stdout)
+        # fleetdl eval runs the blob through the micro runtime: the same
+        # accuracy as compress measured, and the arena the planner gave
+        ev = self.check_json(["eval", out, "--test-limit", self.LIMITS[self.LIMITS.index("--test-limit") + 1], "--json"])
+        self.assertEqual(ev["format"], "micro-int8")
+        self.assertEqual(ev["test_accuracy"], stages[3]["accuracy"])
+        self.assertEqual(ev["arena_bytes"], stages[3]["arena_bytes"])
+        self.assertEqual(ev["arena_bytes"], ev["planned_arena_bytes"])
+        # a damaged blob is refused by the verifier before anything runs
+        with open(out, "rb") as fh:
+            data = bytearray(fh.read())
+        data[100] ^= 0x40
+        bad = self.path("bad.bin")
+        with open(bad, "wb") as fh:
+            fh.write(data)
+        self.check_error(["eval", bad, "--test-limit", "10"], 1, "eval", [bad, "not a valid micro model blob"])
 
     def test_structured_distill_store(self):
         out = self.path("cnn1.fdlz")
