@@ -36,7 +36,6 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
-#include <numeric>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -82,44 +81,21 @@ double finetune(nn::Model<float>& m, const Matrix<float>& x, const std::vector<s
   to.epochs = s.epochs;
   to.batch = s.batch;
   to.seed = s.seed;
-  if (s.teacher == nullptr) {
-    nn::TrainCallbacks cb;
-    cb.on_batch = on_batch;
-    const auto rep = nn::train_classifier(m, opt, x, y, to, pool, cb, before_step);
-    return rep.epochs.empty() ? std::nan("") : rep.epochs.back().loss;
+  nn::TrainCallbacks cb;
+  cb.on_batch = on_batch;
+  nn::LossHook<float> loss;
+  if (s.teacher != nullptr) {
+    // Hinton KD against the teacher's logits on the same batch (eval mode:
+    // no Dropout, so the student's Dropout stream is the same as without it)
+    loss = [&s, ctx = nn::ExecContext<float>{pool, false, nullptr}](
+               const Matrix<float>& logits, const std::vector<std::uint8_t>& labels, const Matrix<float>& xb,
+               Matrix<float>* grad) mutable {
+      const Matrix<float>& soft = s.teacher->forward(xb, ctx);
+      return nn::kd_loss(logits, soft, labels, s.temperature, s.alpha, grad);
+    };
   }
-  // train_classifier with kd_loss in place of cross-entropy (same batch
-  // order and dropout streams for the same seed).
-  Rng order_rng(to.seed);
-  Rng dropout_rng = order_rng.fork(0xD0);
-  nn::ExecContext<float> ctx{pool, true, &dropout_rng};
-  nn::ExecContext<float> tctx{pool, false, nullptr};
-  const Index n = x.cols();
-  const Index batches = (n + to.batch - 1) / to.batch;
-  std::vector<Index> order(static_cast<std::size_t>(n));
-  Matrix<float> xb, grad, soft;
-  std::vector<std::uint8_t> yb;
-  double last = std::nan("");
-  for (int ep = 0; ep < to.epochs; ++ep) {
-    std::iota(order.begin(), order.end(), Index{0});
-    order_rng.shuffle(order.begin(), order.end());
-    double loss_sum = 0;
-    for (Index bi = 0; bi < batches; ++bi) {
-      const Index b = bi * to.batch, e = std::min(n, b + to.batch);
-      nn::detail::gather_batch(x, y, order, b, e, xb, yb);
-      soft = s.teacher->forward(xb, tctx);
-      const Matrix<float>& logits = m.forward(xb, ctx);
-      const double l = nn::kd_loss(logits, soft, yb, s.temperature, s.alpha, &grad);
-      m.zero_grad();
-      m.backward(grad, ctx);
-      if (before_step) before_step(m);
-      opt.step(m.params(), std::as_const(m).grads());
-      loss_sum += l * static_cast<double>(e - b);
-      if (on_batch) on_batch({ep, to.epochs, bi + 1, batches, loss_sum / static_cast<double>(e), opt.lr()});
-    }
-    last = loss_sum / static_cast<double>(n);
-  }
-  return last;
+  const auto rep = nn::train_classifier(m, opt, x, y, to, pool, cb, before_step, loss);
+  return rep.epochs.empty() ? std::nan("") : rep.epochs.back().loss;
 }
 
 Index total_macs(const nn::Model<float>& m) {

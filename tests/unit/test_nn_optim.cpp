@@ -1,7 +1,9 @@
 // tests/unit/test_nn_optim.cpp — SGD (plain, momentum, Nesterov, weight
 // decay, dampening), Adam, Adam with L2 decay and AdamW against updates worked
 // out by hand from the torch.optim update rules, and the StepLR / cosine
-// learning-rate schedules (also as the training loop applies them).
+// learning-rate schedules (also as the training loop applies them), and
+// train_classifier's loss hook (used, and bit-identical to the default when
+// it is cross-entropy).
 //
 // Every case starts from p0 = [1, -2, 0.5] with gradients
 // g1 = [0.5, 0.25, -1] (first step) and g2 = [-0.5, 1, 0.25] (second step),
@@ -341,4 +343,107 @@ TEST_CASE("train_classifier applies the schedule per epoch and restores the base
     CHECK(std::abs(lr - 0.1 * std::pow(0.5, e / 2)) <= kTol);
   }
   CHECK(sgd.lr() == 0.1);
+}
+
+namespace {
+
+// A small classifier with Dropout (so the Dropout stream matters) on 5
+// features; the last feature of sample i is i itself, which lets a loss hook
+// check that the inputs it gets are the batch its labels belong to.
+struct HookFixture {
+  fleetdl::Matrix<double> x;
+  std::vector<std::uint8_t> y;
+  nn::Model<double> model;
+
+  HookFixture() {
+    const Index n = 23;  // 3 batches of 8, the last one short
+    fleetdl::Rng rng(11);
+    x.resize(5, n);
+    y.resize(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) {
+      for (Index r = 0; r < 4; ++r) x(r, i) = rng.uniform(-1, 1);
+      x(4, i) = static_cast<double>(i);
+      y[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(rng.below(3));
+    }
+    std::vector<nn::NodePtr<double>> v;
+    v.push_back(std::make_unique<nn::Dense<double>>(5, 6));
+    v.push_back(std::make_unique<nn::Activation<double>>(nn::NodeKind::relu));
+    v.push_back(std::make_unique<nn::Dropout<double>>(0.3));
+    v.push_back(std::make_unique<nn::Dense<double>>(6, 3));
+    auto m = nn::Model<double>::create(fleetdl::Shape{5, 1, 1}, std::move(v));
+    REQUIRE(m.ok());
+    model = std::move(m).value();
+    model.init(3);
+  }
+
+  /// Train 2 epochs with SGD + momentum and the given hook (empty: default).
+  nn::TrainReport train(const nn::LossHook<double>& loss) {
+    nn::SgdOptions so;
+    so.lr = 0.1;
+    so.momentum = 0.9;
+    nn::Sgd<double> sgd(so);
+    nn::TrainOptions to;
+    to.epochs = 2;
+    to.batch = 8;
+    to.seed = 5;
+    return nn::train_classifier(model, sgd, x, y, to, nullptr, {}, {}, loss);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("train_classifier: a loss hook equal to cross-entropy gives the default run bit for bit", "[nn][train]") {
+  HookFixture def, hooked;
+  REQUIRE(def.model.params() == hooked.model.params());
+  const auto rd = def.train({});
+  int calls = 0;
+  bool inputs_match_labels = true;
+  const auto rh = hooked.train([&](const fleetdl::Matrix<double>& logits, const std::vector<std::uint8_t>& labels,
+                                   const fleetdl::Matrix<double>& inputs, fleetdl::Matrix<double>* grad) {
+    ++calls;
+    REQUIRE(grad != nullptr);
+    REQUIRE(inputs.cols() == logits.cols());
+    for (Index j = 0; j < inputs.cols(); ++j) {
+      const auto i = static_cast<std::size_t>(inputs(4, j));
+      inputs_match_labels = inputs_match_labels && hooked.y[i] == labels[static_cast<std::size_t>(j)] &&
+                            inputs.col(j) == hooked.x.col(static_cast<Index>(i));
+    }
+    return nn::softmax_cross_entropy(logits, labels, grad);
+  });
+  CHECK(calls == 6);  // 2 epochs x 3 batches
+  CHECK(inputs_match_labels);
+  CHECK(hooked.model.params() == def.model.params());  // same order, same Dropout masks, same steps
+  REQUIRE(rh.epochs.size() == rd.epochs.size());
+  for (std::size_t e = 0; e < rd.epochs.size(); ++e) {
+    CHECK(rh.epochs[e].loss == rd.epochs[e].loss);
+    CHECK(rh.epochs[e].train_accuracy == rd.epochs[e].train_accuracy);
+  }
+  // and training did move the weights
+  HookFixture init;
+  CHECK((def.model.params() - init.model.params()).norm() > 1e-3);
+}
+
+TEST_CASE("train_classifier: the loss hook's gradient and value are the ones used", "[nn][train]") {
+  HookFixture def, doubled, flat;
+  def.train({});
+  // twice the cross-entropy: twice the gradient, so other weights
+  doubled.train([](const fleetdl::Matrix<double>& logits, const std::vector<std::uint8_t>& labels,
+                   const fleetdl::Matrix<double>&, fleetdl::Matrix<double>* grad) {
+    const double l = nn::softmax_cross_entropy(logits, labels, grad);
+    *grad *= 2.0;
+    return 2.0 * l;
+  });
+  CHECK((doubled.model.params() - def.model.params()).norm() > 1e-3);
+  // a constant loss with a zero gradient: SGD does not move, and the reports
+  // average the hook's value
+  const auto rf = flat.train([](const fleetdl::Matrix<double>& logits, const std::vector<std::uint8_t>&,
+                                const fleetdl::Matrix<double>&, fleetdl::Matrix<double>* grad) {
+    grad->setZero(logits.rows(), logits.cols());
+    return 7.0;
+  });
+  HookFixture init;
+  CHECK(flat.model.params() == init.model.params());
+  REQUIRE(rf.epochs.size() == 2);
+  CHECK(std::abs(rf.epochs[0].loss - 7.0) <= kTol);
+  CHECK(std::abs(rf.epochs[1].loss - 7.0) <= kTol);
 }

@@ -1,5 +1,6 @@
 // fleetdl/nn/train.hpp — the supervised training loop and evaluation for
-// classifiers, with progress callbacks (the library never prints).
+// classifiers, with progress callbacks (the library never prints) and an
+// optional loss hook in place of cross-entropy (distillation).
 //
 // Determinism: the epoch order comes from Rng(seed); Dropout masks from a
 // fork of it; all reductions are chunked by thread count. The same seed and
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <functional>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace fleetdl::nn {
@@ -50,6 +52,16 @@ struct TrainCallbacks {
   std::function<void(const EpochReport&)> on_epoch;
 };
 
+/// A training loss in place of softmax cross-entropy: given the batch's
+/// logits, labels and inputs (one sample per column, the columns of `logits`
+/// belong to those of `inputs`), return the batch's mean loss and write
+/// dLoss/dlogits (the shape of `logits`) to `*grad`, which is never null.
+/// `inputs` lets a distillation loss run its teacher on the same batch
+/// (nn::kd_loss against teacher.forward(inputs) in eval mode).
+template <class S>
+using LossHook = std::function<double(const Matrix<S>& logits, const std::vector<std::uint8_t>& labels,
+                                      const Matrix<S>& inputs, Matrix<S>* grad)>;
+
 struct EvalReport {
   double loss = 0;
   double accuracy = 0;
@@ -83,12 +95,18 @@ Index count_correct(const Matrix<S>& logits, const std::vector<std::uint8_t>& y)
 /// `before_step`, when set, runs after every backward pass and before the
 /// optimizer step with the model (params() and grads() both valid): the hook
 /// federated clients use to add FedProx's proximal gradient or SCAFFOLD's
-/// control-variate correction to the gradients.
+/// control-variate correction to the gradients. `loss`, when set, replaces
+/// softmax cross-entropy (see LossHook); it runs after the model's forward
+/// pass on the batch and before its backward pass, and its value is what
+/// the reports' losses average. Without it the loop is the same as before
+/// the hook existed, bit for bit; a hook consumes no random numbers of the
+/// loop's, so the epoch order and Dropout masks do not depend on it.
 template <class S>
 TrainReport train_classifier(Model<S>& model, Optimizer<S>& opt, const Matrix<S>& x,
                              const std::vector<std::uint8_t>& y, const TrainOptions& o, ThreadPool* pool = nullptr,
                              const TrainCallbacks& cb = {},
-                             const std::function<void(Model<S>&)>& before_step = {}) {
+                             const std::type_identity_t<std::function<void(Model<S>&)>>& before_step = {},
+                             const std::type_identity_t<LossHook<S>>& loss = {}) {
   FLEETDL_ASSERT(x.cols() == static_cast<Index>(y.size()), "train_classifier: one label per sample");
   FLEETDL_ASSERT(o.batch > 0, "train_classifier: batch must be > 0");
   Rng order_rng(o.seed);
@@ -113,7 +131,7 @@ TrainReport train_classifier(Model<S>& model, Optimizer<S>& opt, const Matrix<S>
       const Index b = bi * o.batch, e = std::min(n, b + o.batch);
       detail::gather_batch(x, y, order, b, e, xb, yb);
       const Matrix<S>& logits = model.forward(xb, ctx);
-      const double l = softmax_cross_entropy(logits, yb, &grad);
+      const double l = loss ? loss(logits, yb, xb, &grad) : softmax_cross_entropy(logits, yb, &grad);
       correct += detail::count_correct(logits, yb);
       model.zero_grad();
       model.backward(grad, ctx);
