@@ -1,13 +1,14 @@
 // orchestrator/cli/compress.cpp — `fleetdl compress`, the compression
 // pipeline of issue 5 over the library's stages (fleetdl/compress.hpp):
 //
-//   fleetdl compress --model m.fdl [--structured S] [--prune S] [--cluster K]
-//                    [--quantize int8] [--distill teacher.fdl]
+//   fleetdl compress --model m.fdl [--structured S] [--prune S [--prune-initial S0]]
+//                    [--cluster K] [--quantize int8] [--distill teacher.fdl]
 //                    --dataset fashion-mnist --out OUT [--json]
 //
 // Stages run in a fixed order: structured (remove the fraction S of the
 // filters of every conv that has a consumer, lowest filter L1 first) ->
-// prune (unstructured magnitude pruning to sparsity S per layer) -> cluster
+// prune (unstructured magnitude pruning to sparsity S per layer: one-shot
+// before the fine-tuning, or with --prune-initial gradually during it) -> cluster
 // (k-means weight sharing, K centroids per layer) -> quantize (int8
 // post-training quantization into a micro blob). After each float stage the
 // model is fine-tuned for --finetune-epochs epochs with what the earlier
@@ -16,6 +17,15 @@
 // which leaves zeros at zero). With --distill the fine-tuning loss is Hinton
 // KD against the teacher's logits (nn::kd_loss, T = --temperature, weight
 // --alpha on the soft term) instead of cross-entropy.
+//
+// Gradual pruning (--prune-initial S0, Zhu & Gupta 2017): the prune stage's
+// fine-tuning runs T = epochs x batches optimizer steps; compress::GradualPruner
+// prunes after steps 0, dt, 2 dt, ..., n dt to the polynomial schedule
+// s = S + (S0 - S) (1 - k/n)^3 (PolynomialSchedule), dt = max(1, batches / 10)
+// (about every tenth of an epoch) and n = floor((T - 1) / dt), so the ramp
+// spans the whole stage and its last pruning step, to exactly S, is at or
+// before the last optimizer step. In between, the mask is fixed like the
+// one-shot mask. The schedule needs n >= 1, i.e. T >= 2.
 //
 // Every ratio is against the INPUT model's float32 weight bytes (its
 // parameter count x 4), so structured pruning's removed parameters count as
@@ -57,6 +67,7 @@ struct StageReport {
   Index macs = 0;
   std::uint64_t arena_bytes = 0;  ///< int8 only
   double finetune_loss = std::nan("");
+  std::string pruning;       ///< prune only: the "pruning" JSON object
 };
 
 struct FinetuneSetup {
@@ -113,7 +124,37 @@ std::string stage_json(const StageReport& r) {
     o << r.arena_bytes;
   else
     o << "null";
-  o << ",\"finetune_loss\":" << json_num(r.finetune_loss) << "}";
+  o << ",\"finetune_loss\":" << json_num(r.finetune_loss) << ",\"pruning\":" << (r.pruning.empty() ? "null" : r.pruning)
+    << "}";
+  return o.str();
+}
+
+/// The prune stage's "pruning" object: the schedule, the mask's pruned count
+/// after each pruning step, and the exact zeros of every prunable tensor of
+/// `m` (what the stage's store holds).
+std::string pruning_json(nn::Model<float>& m, double final_sparsity, const std::optional<cz::PolynomialSchedule>& sched,
+                         Index optimizer_steps, const std::vector<Index>& pruned_by_step) {
+  std::ostringstream o;
+  o << "{\"schedule\":\"" << (sched ? "polynomial" : "one-shot") << "\",\"initial\":"
+    << (sched ? json_num(sched->initial) : std::string("null")) << ",\"final\":" << json_num(final_sparsity)
+    << ",\"pruning_steps\":" << (sched ? sched->steps + 1 : 1) << ",\"every\":"
+    << (sched ? std::to_string(sched->every) : std::string("null")) << ",\"optimizer_steps\":" << optimizer_steps
+    << ",\"pruned_after_each_pruning_step\":[";
+  for (std::size_t i = 0; i < pruned_by_step.size(); ++i) o << (i ? "," : "") << pruned_by_step[i];
+  o << "]";
+  Index zeros = 0, weights = 0;
+  std::ostringstream layers;
+  const float* p = m.params().data();
+  const auto ts = cz::prunable_tensors(m);
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    const Index z = static_cast<Index>(std::count(p + ts[i].offset, p + ts[i].offset + ts[i].size, 0.0f));
+    layers << (i ? "," : "") << "{\"name\":\"" << json_escape(ts[i].name) << "\",\"weights\":" << ts[i].size
+           << ",\"zeros\":" << z << "}";
+    zeros += z;
+    weights += ts[i].size;
+  }
+  o << ",\"prunable_weights\":" << weights << ",\"zero_weights\":" << zeros << ",\"layers\":[" << layers.str()
+    << "]}";
   return o.str();
 }
 
@@ -122,8 +163,8 @@ std::string stage_json(const StageReport& r) {
 int cmd_compress(int argc, char** argv) {
   const std::string cmd = "compress";
   Args a(cmd, argc, argv,
-         {"--model", "--prune", "--structured", "--cluster", "--quantize", "--distill", "--dataset", "--data-dir",
-          "--out", "--finetune-epochs", "--threads", "--train-limit", "--test-limit", "--calibration-limit",
+         {"--model", "--prune", "--prune-initial", "--structured", "--cluster", "--quantize", "--distill", "--dataset",
+          "--data-dir", "--out", "--finetune-epochs", "--threads", "--train-limit", "--test-limit", "--calibration-limit",
           "--seed", "--lr", "--batch", "--temperature", "--alpha"},
          {"--json", "--no-progress"});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
@@ -138,6 +179,12 @@ int cmd_compress(int argc, char** argv) {
     return v;
   };
   const std::optional<double> structured = fraction("--structured"), prune = fraction("--prune");
+  const std::optional<double> prune_initial = fraction("--prune-initial");
+  if (prune_initial && !prune)
+    throw UsageError{"flag '--prune-initial' needs --prune S (the final sparsity it ramps to)"};
+  if (prune_initial && *prune_initial >= *prune)
+    throw UsageError{"flag '--prune-initial': " + a.str("--prune-initial", "") + " must be below --prune " +
+                     a.str("--prune", "")};
   const std::optional<int> cluster =
       a.has("--cluster") ? std::optional<int>(static_cast<int>(a.integer("--cluster", 16, 2, 256))) : std::nullopt;
   const bool int8 = a.has("--quantize");
@@ -147,6 +194,8 @@ int cmd_compress(int argc, char** argv) {
     throw UsageError{"nothing to do: give at least one of --structured, --prune, --cluster, --quantize"};
   FinetuneSetup ft;
   ft.epochs = static_cast<int>(a.integer("--finetune-epochs", 1, 0, 100000));
+  if (prune_initial && ft.epochs == 0)
+    throw UsageError{"flag '--prune-initial' prunes during fine-tuning, but --finetune-epochs is 0"};
   ft.batch = a.integer("--batch", 64, 1, 1 << 20);
   ft.lr = a.number("--lr", 1e-3, 0.0, 1e6);
   ft.seed = static_cast<std::uint64_t>(a.integer("--seed", 1, 0, (1LL << 62)));
@@ -184,6 +233,14 @@ int cmd_compress(int argc, char** argv) {
   if (model.output_shape().size() != train->classes)
     return fail(cmd, model_path + ": model has " + std::to_string(model.output_shape().size()) +
                          " outputs, the dataset has " + std::to_string(train->classes) + " classes");
+
+  // a fine-tuning stage's optimizer steps
+  const Index batches = (train->images.cols() + ft.batch - 1) / ft.batch;
+  const Index steps = batches * ft.epochs;
+  if (prune_initial && steps < 2)
+    return fail(cmd, "--prune-initial: the prune stage would have 1 fine-tuning step (" +
+                         std::to_string(train->images.cols()) + " training images, batch " + std::to_string(ft.batch) +
+                         ", 1 epoch); gradual pruning needs at least 2");
 
   ThreadPool pool(threads);
   ProgressBar bar(!a.has("--no-progress") && !json);
@@ -251,16 +308,43 @@ int cmd_compress(int argc, char** argv) {
       return fail(cmd, r.error().message);
   }
 
-  cz::Mask mask;
   if (prune) {
-    mask = cz::magnitude_prune(model, *prune);
-    auto hooks = cz::mask_hooks(model, mask);
-    const double loss = tune("prune", hooks.before_step, hooks.callbacks.on_batch);
-    if (auto r = float_row("prune", std::to_string(mask.pruned()) + " of " + std::to_string(mask.size()) +
-                                        " params zero",
-                           loss);
-        !r)
-      return fail(cmd, r.error().message);
+    cz::Mask mask;
+    std::optional<cz::PolynomialSchedule> sched;
+    std::vector<Index> pruned_by_step;
+    double loss = std::nan("");
+    if (!prune_initial) {
+      mask = cz::magnitude_prune(model, *prune);
+      pruned_by_step.push_back(mask.pruned());
+      auto hooks = cz::mask_hooks(model, mask);
+      loss = tune("prune", hooks.before_step, hooks.callbacks.on_batch);
+    } else {
+      sched.emplace();
+      sched->initial = *prune_initial;
+      sched->final = *prune;
+      sched->begin = 0;
+      sched->every = std::max<Index>(1, batches / 10);
+      sched->steps = (steps - 1) / sched->every;  // >= 1 since steps >= 2 and every <= max(1, steps - 1)
+      cz::GradualPruner<float> pruner(model, *sched);
+      auto hooks = pruner.hooks();
+      loss = tune("prune", hooks.before_step, [&](const nn::TrainProgress& p) {
+        hooks.callbacks.on_batch(p);  // the optimizer step pruner.step() - 1 is done
+        if (sched->is_pruning_step(pruner.step() - 1)) pruned_by_step.push_back(pruner.mask().pruned());
+      });
+      if (pruner.step() != steps || pruner.sparsity() != *prune)
+        return fail(cmd, "prune stage: gradual pruning ended at sparsity " + num(pruner.sparsity()) + " after " +
+                             std::to_string(pruner.step()) + " of " + std::to_string(steps) + " steps, not at " +
+                             num(*prune));
+      mask = pruner.mask();
+    }
+    std::string detail = std::to_string(mask.pruned()) + " of " + std::to_string(mask.size()) + " params zero";
+    if (sched)
+      detail += ", gradual " + num(sched->initial) + " -> " + num(sched->final) + " in " +
+                std::to_string(sched->steps + 1) + " pruning steps every " + std::to_string(sched->every) +
+                " optimizer steps";
+    const std::string pj = pruning_json(model, *prune, sched, steps, pruned_by_step);
+    if (auto r = float_row("prune", detail, loss); !r) return fail(cmd, r.error().message);
+    stages.back().pruning = pj;
   }
 
   if (cluster) {

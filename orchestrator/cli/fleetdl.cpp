@@ -99,7 +99,8 @@ constexpr const char* kUsage =
     "              --macs-per-second X --up-bytes-per-second X --link-latency S --timeout S (3600) --json\n"
     "export-header options: --blob MODEL.bin --out MODEL.h [--name IDENT (default: from --out)]\n"
     "compress options: --model M.fdl --out FILE (.fdlz store; the micro blob with --quantize int8)\n"
-    "              [--structured S] [--prune S] (fractions in [0, 1)) [--cluster K (2..256)] [--quantize int8]\n"
+    "              [--structured S] [--prune S [--prune-initial S0 (gradual, S0 < S)]] (fractions in [0, 1))\n"
+    "              [--cluster K (2..256)] [--quantize int8]\n"
     "              [--distill T.fdl --temperature T (4) --alpha X (0.9)] --finetune-epochs E (1) --lr X (0.001)\n"
     "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
     "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n";

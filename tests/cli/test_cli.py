@@ -1848,8 +1848,9 @@ class CompressCli(CliTestCase):
     """fleetdl compress on the real Fashion-MNIST with a briefly trained cnn1:
     per-stage sizes, ratios against the input's float32 weight bytes,
     accuracies, MACs and the int8 arena; the int8 blob passes export-header;
-    without --quantize OUT is the .fdlz store of the last float stage; bad
-    input gives one line and writes nothing."""
+    without --quantize OUT is the .fdlz store of the last float stage;
+    gradual pruning (--prune-initial) ramps up and ends at exactly the
+    one-shot zero count; bad input gives one line and writes nothing."""
 
     LIMITS = ["--train-limit", "2000", "--test-limit", "500"]
 
@@ -1921,6 +1922,50 @@ class CompressCli(CliTestCase):
         self.assertGreater(stages[1]["ratio"], 1.0)
         self.assertEqual(os.path.getsize(out), stages[2]["stored_bytes"])
 
+    def test_gradual_prune(self):
+        def zeros(s, n):  # round(s * n), half away from zero, as the library counts
+            return int(math.floor(s * n + 0.5))
+
+        out = self.path("gradual.fdlz")
+        r = self.check_json(["compress", "--model", self.model, "--prune", "0.6", "--prune-initial", "0.2",
+                             "--finetune-epochs", "1", "--json", "--out", out] + self.LIMITS)
+        stages = r["stages"]
+        self.assertEqual([s["stage"] for s in stages], ["float", "prune"])
+        self.assertIsNone(stages[0]["pruning"])
+        g = stages[1]["pruning"]
+        self.assertEqual(g["schedule"], "polynomial")
+        self.assertEqual((g["initial"], g["final"]), (0.2, 0.6))
+        # 2000 images, batch 64: 32 steps; a pruning step every 32 // 10 = 3
+        # steps, at 0, 3, ..., 30 (the last one <= step 31)
+        self.assertEqual(g["optimizer_steps"], 32)
+        self.assertEqual(g["every"], 3)
+        self.assertEqual(g["pruning_steps"], 11)
+        # the stored model: exactly round(0.6 n) zeros in every prunable tensor
+        self.assertGreaterEqual(len(g["layers"]), 2)
+        for layer in g["layers"]:
+            self.assertEqual(layer["zeros"], zeros(0.6, layer["weights"]), layer["name"])
+        self.assertEqual(g["zero_weights"], sum(zeros(0.6, l["weights"]) for l in g["layers"]))
+        self.assertEqual(g["prunable_weights"], sum(l["weights"] for l in g["layers"]))
+        # the ramp: S0 after the first pruning step, growing, S after the last
+        ramp = g["pruned_after_each_pruning_step"]
+        self.assertEqual(len(ramp), g["pruning_steps"])
+        self.assertEqual(ramp[0], sum(zeros(0.2, l["weights"]) for l in g["layers"]))
+        self.assertEqual(ramp[-1], g["zero_weights"])
+        self.assertEqual(ramp, sorted(ramp))
+        self.assertGreater(ramp[len(ramp) // 2], ramp[0])
+        self.assertLess(ramp[len(ramp) // 2], ramp[-1])
+        self.assertIn("gradual 0.2 -> 0.6", stages[1]["detail"])
+        self.assertIn("%d of %d params zero" % (g["zero_weights"], stages[1]["params"]), stages[1]["detail"])
+        self.assertEqual(os.path.getsize(out), stages[1]["stored_bytes"])
+        self.assertGreater(stages[1]["accuracy"], 0.5)
+        # one-shot to the same sparsity: the same zero counts, one pruning step
+        o = self.check_json(["compress", "--model", self.model, "--prune", "0.6", "--finetune-epochs", "1", "--json",
+                             "--out", self.path("oneshot.fdlz")] + self.LIMITS)["stages"][1]["pruning"]
+        self.assertEqual(o["schedule"], "one-shot")
+        self.assertIsNone(o["initial"])
+        self.assertEqual(o["pruned_after_each_pruning_step"], [g["zero_weights"]])
+        self.assertEqual(o["layers"], g["layers"])
+
     def test_text_table(self):
         p = self.check_ok(["compress", "--model", self.model, "--cluster", "8", "--finetune-epochs", "0",
                            "--out", self.path("c.fdlz")] + self.LIMITS)
@@ -1949,10 +1994,22 @@ class CompressCli(CliTestCase):
             (["--model", corrupt, "--prune", "0.5"], 1, ["corrupt.fdl"]),
             (["--model", self.model, "--prune", "0.5", "--distill", self.path("none.fdl")], 1, ["none.fdl"]),
             (["--model", self.model, "--quantize", "int8", "--data-dir", self.path("nodata")], 1, ["nodata"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "0.5"], 2, ["--prune-initial", "below"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "0.7"], 2, ["--prune-initial", "below"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "-0.1"], 2, ["--prune-initial", "range"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "1"], 2, ["--prune-initial", "range"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "x"], 2, ["--prune-initial", "not a number"]),
+            (["--model", self.model, "--cluster", "8", "--prune-initial", "0.1"], 2, ["--prune-initial", "needs --prune"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-initial", "0.1", "--finetune-epochs", "0"], 2,
+             ["--prune-initial", "--finetune-epochs is 0"]),
         ]
         for extra, code, needles in cases:
             with self.subTest(args=extra):
                 self.check_error(base + extra, code, "compress", needles, out=out)
+        # 20 images in one batch of 64 and one epoch: one optimizer step, no ramp
+        self.check_error(["compress", "--out", out, "--model", self.model, "--prune", "0.5", "--prune-initial", "0.1",
+                          "--train-limit", "20", "--test-limit", "50"], 1, "compress",
+                         ["--prune-initial", "1 fine-tuning step", "at least 2"], out=out)
         self.check_error(["compress", "--model", self.model, "--prune", "0.5", "--out",
                           self.path("no", "such", "dir", "x.bin")] + self.LIMITS, 1, "compress", ["does not exist"])
 
