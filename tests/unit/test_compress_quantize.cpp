@@ -277,6 +277,80 @@ TEST_CASE("quantize: conv -> flatten -> dense permutes the dense columns CHW -> 
   CHECK((wrong - yf).cwiseAbs().maxCoeff() > 3 * worst_bound);
 }
 
+TEST_CASE("quantize: encoded weights are lossless; clustered layers get one scale", "[compress][quantize]") {
+  // conv (2 -> 4, 3x3) -> relu -> flatten -> dense (4*6*6 -> 10), with 75% of
+  // the weights zero and the rest on 8 shared levels, as prune + cluster leave them.
+  nn::Conv2DOptions o;
+  o.in_channels = 2;
+  o.out_channels = 4;
+  o.kernel_h = o.kernel_w = 3;
+  o.pad_h = o.pad_w = 0;
+  std::vector<nn::NodePtr<float>> v;
+  v.push_back(std::make_unique<nn::Conv2D<float>>(o));  // 2x8x8 -> 4x6x6
+  v.push_back(std::make_unique<nn::Activation<float>>(nn::NodeKind::relu));
+  v.push_back(std::make_unique<nn::Flatten<float>>());
+  v.push_back(std::make_unique<nn::Dense<float>>(4 * 6 * 6, 10));
+  Model m = make(Shape{2, 8, 8}, std::move(v));
+  randomize(m, 31);
+  const float levels[8] = {-0.5f, -0.31f, -0.17f, -0.06f, 0.05f, 0.19f, 0.33f, 0.47f};
+  std::mt19937 g(32);
+  for (const Index node : {Index{0}, Index{3}}) {
+    float* w = node == 0 ? static_cast<nn::Conv2D<float>&>(m.node(0)).weights()
+                         : static_cast<nn::Dense<float>&>(m.node(3)).weight_t().data();
+    const Index n = node == 0 ? 4 * 2 * 9 : 144 * 10;
+    for (Index i = 0; i < n; ++i) w[i] = g() % 4 == 0 ? levels[g() % 8] : 0.0f;
+    w[0] = -0.5f;  // the largest |level| is present in both
+  }
+  const Matrix<float> calib = random_matrix(m.input_shape().size(), 64, -1.0f, 1.0f, 33);
+  auto cal = cz::calibrate(m, calib, 32);
+  REQUIRE(cal.ok());
+  const auto q = [&](bool encode, bool per_tensor) {
+    cz::QuantizeOptions qo;
+    qo.encode_weights = encode;
+    qo.per_tensor_clustered = per_tensor;
+    auto r = cz::quantize_model(m, *cal, qo);
+    INFO((r ? std::string() : r.error().message));
+    REQUIRE(r.ok());
+    return std::move(*r);
+  };
+  const cz::QuantizedModel plain = q(false, false), enc = q(true, false), both = q(true, true);
+  const Matrix<float> x = calib.leftCols(16);
+  // The encoding is lossless: the same outputs, bit for bit, from a smaller blob.
+  CHECK(run_int8(enc, x) == run_int8(plain, x));
+  CHECK(enc.blob.size() < plain.blob.size());
+  CHECK(enc.weight_bytes < plain.weight_bytes);
+  for (const Index k : {Index{0}, Index{2}}) {
+    INFO("op " << k);
+    CHECK_FALSE(plain.ops[static_cast<std::size_t>(k)].encoded);
+    CHECK(enc.ops[static_cast<std::size_t>(k)].encoded);
+    CHECK_FALSE(enc.ops[static_cast<std::size_t>(k)].per_tensor);
+    CHECK(both.ops[static_cast<std::size_t>(k)].per_tensor);
+    // One scale: the tensor's max |w| / 127 for every channel.
+    for (float sc : both.ops[static_cast<std::size_t>(k)].weight_scales) CHECK(sc == 0.5f / 127.0f);
+  }
+  // Per tensor: 8 levels stay 8 int8 values and no scale tables are stored,
+  // so the blob shrinks further; the outputs stay close to float.
+  CHECK(both.blob.size() < enc.blob.size());
+  const Matrix<float> yf = float_forward(m, x), yq = run_int8(both, x);
+  const double spread = yf.maxCoeff() - yf.minCoeff();
+  CHECK((yq - yf).cwiseAbs().maxCoeff() < 0.05 * spread);
+  // Dense (unclustered) weights stay per channel even when asked.
+  Model dense = make(Shape{2, 8, 8}, [] {
+    std::vector<nn::NodePtr<float>> d;
+    d.push_back(std::make_unique<nn::Flatten<float>>());
+    d.push_back(std::make_unique<nn::Dense<float>>(128, 10));
+    return d;
+  }());
+  randomize(dense, 34);
+  auto dcal = cz::calibrate(dense, calib, 32);
+  REQUIRE(dcal.ok());
+  cz::QuantizeOptions qo;
+  qo.per_tensor_clustered = true;
+  auto dq = cz::quantize_model(dense, *dcal, qo);
+  REQUIRE(dq.ok());
+  CHECK_FALSE(dq->ops.back().per_tensor);
+}
+
 TEST_CASE("quantize: conv -> BatchNorm -> ReLU6 folds and fuses into one conv2d op", "[compress][quantize]") {
   std::vector<nn::NodePtr<float>> v;
   v.push_back(std::make_unique<nn::Conv2D<float>>(2, 3, 3, 1, 1));  // pad 1: TFLite SAME

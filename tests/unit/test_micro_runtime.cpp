@@ -682,7 +682,8 @@ TEST_CASE("micro verifier: a table of corrupted blobs, one per check", "[micro][
     CHECK(mi::verify(a.data() + 1, a.size() - 1).code == E::blob_misaligned);
   }
   CHECK(patched([](auto& b) { b[0] = 'X'; }) == E::bad_magic);
-  CHECK(patched([&](auto& b) { put32(b, mi::layout::kVersion, 2); }) == E::bad_version);
+  CHECK(patched([&](auto& b) { put32(b, mi::layout::kVersion, 1); }) == E::bad_version);  // no encodings yet
+  CHECK(patched([&](auto& b) { put32(b, mi::layout::kVersion, 3); }) == E::bad_version);
   CHECK(patched([&](auto& b) { put32(b, mi::layout::kLength, 12); }) == E::bad_length);
   {
     auto b = good;
@@ -702,7 +703,9 @@ TEST_CASE("micro verifier: a table of corrupted blobs, one per check", "[micro][
   CHECK(patched([&](auto& b) { b[t0 + mi::layout::kTType] = 3; }) == E::bad_tensor);
   CHECK(patched([&](auto& b) { b[t0 + mi::layout::kTType] = 1; }) == E::bad_tensor);  // int32 activation
   CHECK(patched([&](auto& b) { b[t0 + mi::layout::kTKind] = 2; }) == E::bad_tensor);
-  CHECK(patched([&](auto& b) { b[t0 + mi::layout::kTReserved16] = 1; }) == E::reserved_not_zero);
+  CHECK(patched([&](auto& b) { b[t0 + mi::layout::kTEncoding] = 1; }) == E::bad_encoding);  // an activation
+  CHECK(patched([&](auto& b) { b[t1 + mi::layout::kTEncoding] = 2; }) == E::bad_encoding);  // unknown encoding
+  CHECK(patched([&](auto& b) { b[t1 + mi::layout::kTEncoding + 1] = 1; }) == E::bad_encoding);
   CHECK(patched([&](auto& b) { put32(b, t0 + 4, 0); }) == E::bad_shape);
   CHECK(patched([&](auto& b) { put32(b, t0 + 4, 0x80000000u); }) == E::bad_shape);  // negative dim
   CHECK(patched([&](auto& b) {

@@ -394,10 +394,48 @@ inline ChannelQuantized quantize_per_channel(const float* w, Index channels, Ind
   return r;
 }
 
+/// Distinct values of w[0..n) (stops counting above `limit`).
+inline std::size_t distinct_values(const float* w, Index n, std::size_t limit) {
+  std::vector<float> seen;
+  for (Index i = 0; i < n; ++i) {
+    if (std::find(seen.begin(), seen.end(), w[i]) != seen.end()) continue;
+    seen.push_back(w[i]);
+    if (seen.size() > limit) break;
+  }
+  return seen.size();
+}
+
+/// One symmetric scale for the whole tensor: max|w| / 127 (1 if all zero),
+/// repeated per channel so the result has quantize_per_channel's shape.
+inline ChannelQuantized quantize_per_tensor(const float* w, Index channels, Index per) {
+  float mx = 0.0f;
+  for (Index i = 0; i < channels * per; ++i) mx = std::max(mx, std::fabs(w[i]));
+  const float s = mx > 0.0f ? mx / 127.0f : 1.0f;
+  ChannelQuantized r;
+  r.values.resize(static_cast<std::size_t>(channels * per));
+  r.scales.assign(static_cast<std::size_t>(channels), s);
+  for (Index i = 0; i < channels * per; ++i) {
+    const double q = std::round(static_cast<double>(w[i]) / static_cast<double>(s));
+    r.values[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(std::clamp(q, -127.0, 127.0));
+  }
+  return r;
+}
+
 struct QuantizeOptions {
   /// Keep a final Softmax node as an int8 softmax op (true) or drop it so the
   /// blob outputs int8 logits (false).
   bool keep_softmax = true;
+  /// Store each conv2d / dense weight tensor with the micro blob's zero-run
+  /// Huffman encoding (micro/weight_codec.hpp) when that is smaller than raw
+  /// int8. Pays off after pruning or clustering; the interpreter then decodes
+  /// one output channel at a time (a little slower, one row of arena).
+  bool encode_weights = false;
+  /// A conv2d / dense whose weights take at most 256 distinct values (a layer
+  /// clustered by compress/cluster.hpp) gets one scale for the whole tensor
+  /// instead of one per channel, so its K shared values stay K int8 levels
+  /// (which the encoding above then codes in about log2 K bits) and no
+  /// per-channel scale table is stored. Depthwise filters stay per channel.
+  bool per_tensor_clustered = false;
 };
 
 /// What one op of the blob came from and how it is quantized.
@@ -408,7 +446,9 @@ struct QuantizedOp {
   micro::Activation activation = micro::Activation::none;
   QuantParams input, output;     ///< first input and the output
   std::vector<float> weight_scales;  ///< per output channel (weighted ops)
-  Index weight_bytes = 0;        ///< int8 weights + int32 bias + float scales stored
+  Index weight_bytes = 0;        ///< int8 weights (raw or encoded) + int32 bias + float scales stored
+  bool encoded = false;          ///< the weights use the zero-run Huffman encoding
+  bool per_tensor = false;       ///< one weight scale for the tensor (per_tensor_clustered)
 };
 
 struct QuantizedModel {
@@ -720,7 +760,38 @@ class Converter {
     op.input = x.q;
     op.output = r.q;
     op.weight_scales = cq.scales;
-    op.weight_bytes = static_cast<Index>(cq.values.size()) + 4 * bias_count + 4 * static_cast<Index>(cq.scales.size());
+    op.per_tensor = last_per_tensor_;
+    op.weight_bytes = static_cast<Index>(last_filter_bytes_) + 4 * bias_count +
+                      (op.per_tensor ? 0 : 4 * static_cast<Index>(cq.scales.size()));
+    op.encoded = last_filter_encoded_;
+  }
+
+  /// Per-channel weights, or one scale when the options allow it for a
+  /// clustered tensor; records which for the filter / scales writers.
+  ChannelQuantized quantize_weights(const float* wts, Index channels, Index per, bool allow_per_tensor) {
+    last_per_tensor_ = allow_per_tensor && o_.per_tensor_clustered && distinct_values(wts, channels * per, 256) <= 256;
+    return last_per_tensor_ ? quantize_per_tensor(wts, channels, per) : quantize_per_channel(wts, channels, per);
+  }
+  /// The per-channel scale tensor, or none for a per-tensor filter (the
+  /// filter's own scale then applies to every channel).
+  std::uint16_t scale_tensor(const ChannelQuantized& cq, std::int32_t channels) {
+    return last_per_tensor_ ? micro::kNoTensor : w.constant_float({1, 1, 1, channels}, cq.scales);
+  }
+
+  /// A conv2d / dense filter: encoded when the options ask for it and that is
+  /// smaller, else raw int8. Records the stored size for finish_weighted.
+  std::uint16_t filter(micro::Shape4 shape, const std::vector<std::int8_t>& values, float scale) {
+    last_filter_bytes_ = values.size();
+    last_filter_encoded_ = false;
+    if (o_.encode_weights) {
+      const std::size_t enc = micro::encode_weights(values).size();
+      if (enc < values.size()) {
+        last_filter_bytes_ = enc;
+        last_filter_encoded_ = true;
+        return w.constant_int8_encoded(shape, scale, values);
+      }
+    }
+    return w.constant_int8(shape, scale, values);
   }
 
   bool conv(const nn::Conv2D<float>& f, const std::string& path, const nn::Node<float>& n, const QVal& x,
@@ -737,7 +808,7 @@ class Converter {
     micro::Padding pad{};
     if (!window_padding(path, n, kh, kw, o.stride_h, o.stride_w, o.dilation_h, o.dilation_w, o.pad_h, o.pad_w, pad))
       return false;
-    const ChannelQuantized cq = quantize_per_channel(f.weights(), co, per);
+    const ChannelQuantized cq = quantize_weights(f.weights(), co, per, !depthwise);
     // OIHW -> OHWI (regular) or -> 1HWO (depthwise: O = ci * multiplier).
     std::vector<std::int8_t> filt(cq.values.size());
     for (Index oc = 0; oc < co; ++oc)
@@ -751,10 +822,16 @@ class Converter {
     std::vector<std::int32_t> bias;
     if (f.bias() && !bias_i32(path, n, f.bias(), co, x.q.scale, cq.scales, bias)) return false;
     const auto i32 = [](Index v) { return static_cast<std::int32_t>(v); };
+    // Depthwise filters stay raw: the runtime decodes per output channel,
+    // which a 1HWO layout does not store contiguously.
+    if (depthwise) {
+      last_filter_bytes_ = filt.size();
+      last_filter_encoded_ = false;
+    }
     const std::uint16_t kid = depthwise ? w.constant_int8({1, i32(kh), i32(kw), i32(co)}, 1.0f, filt)
-                                        : w.constant_int8({i32(co), i32(kh), i32(kw), i32(ci)}, 1.0f, filt);
+                                        : filter({i32(co), i32(kh), i32(kw), i32(ci)}, filt, last_per_tensor_ ? cq.scales[0] : 1.0f);
     const std::uint16_t bid = f.bias() ? w.constant_int32({1, 1, 1, i32(co)}, bias) : micro::kNoTensor;
-    const std::uint16_t sid = w.constant_float({1, 1, 1, i32(co)}, cq.scales);
+    const std::uint16_t sid = scale_tensor(cq, i32(co));
     QVal r = activation(n.output_shape(), n.output_shape(), choose_quant_params(e.range));
     r.producer = static_cast<int>(ops.size());
     r.requantizing = true;
@@ -783,7 +860,7 @@ class Converter {
              const CalibrationEntry& e, micro::Activation act, QVal& y) {
     const Index in = f.in_features(), out = f.out_features();
     if (!finite_params(path, n, f.weight_t().data(), f.param_count())) return false;
-    const ChannelQuantized cq = quantize_per_channel(f.weight_t().data(), out, in);  // W[out][in]
+    const ChannelQuantized cq = quantize_weights(f.weight_t().data(), out, in, true);  // W[out][in]
     // Column permutation CHW -> HWC of the layout the input bytes follow.
     const Shape L = x.layout;
     std::vector<std::int8_t> wq(cq.values.size());
@@ -796,9 +873,9 @@ class Converter {
     std::vector<std::int32_t> bias;
     if (f.bias() && !bias_i32(path, n, f.bias(), out, x.q.scale, cq.scales, bias)) return false;
     const auto i32 = [](Index v) { return static_cast<std::int32_t>(v); };
-    const std::uint16_t kid = w.constant_int8({i32(out), 1, 1, i32(in)}, 1.0f, wq);
+    const std::uint16_t kid = filter({i32(out), 1, 1, i32(in)}, wq, last_per_tensor_ ? cq.scales[0] : 1.0f);
     const std::uint16_t bid = f.bias() ? w.constant_int32({1, 1, 1, i32(out)}, bias) : micro::kNoTensor;
-    const std::uint16_t sid = w.constant_float({1, 1, 1, i32(out)}, cq.scales);
+    const std::uint16_t sid = scale_tensor(cq, i32(out));
     QVal r = activation(n.output_shape(), n.output_shape(), choose_quant_params(e.range));
     r.producer = static_cast<int>(ops.size());
     r.requantizing = true;
@@ -925,6 +1002,9 @@ class Converter {
 
   const Calibration& cal_;
   const QuantizeOptions& o_;
+  std::size_t last_filter_bytes_ = 0;
+  bool last_per_tensor_ = false;
+  bool last_filter_encoded_ = false;
   bool softmax_ = false;
 };
 

@@ -6,12 +6,13 @@
 // check them with micro/verifier.hpp before anything else touches them: the
 // accessors here do NO bounds checks of their own.
 //
-// Byte layout, version 1. All integers little-endian, floats IEEE-754
+// Byte layout, version 2. All integers little-endian, floats IEEE-754
 // binary32 little-endian. Offsets are from the first byte of the blob.
 //
 //   Header (kHeaderBytes = 64)
 //     0  u8[8]  magic "FDLMICRO"
-//     8  u32    format version (kFormatVersion = 1)
+//     8  u32    format version (kFormatVersion = 2; version 1 had no weight
+//               encodings and is not read)
 //    12  u32    flags, must be 0
 //    16  u64    total length in bytes, CRC included; must equal the size given
 //    24  u32    T  tensor count   1 .. kMaxTensors
@@ -27,9 +28,12 @@
 //    20  i32    zero point
 //    24  u8     element type: 0 int8, 1 int32, 2 float32
 //    25  u8     kind: 0 activation (lives in the arena), 1 constant (lives in the blob)
-//    26  u16    reserved, 0
+//    26  u16    encoding (WeightEncoding, micro/weight_codec.hpp): 0 raw; 1 zero-run
+//               Huffman, only for an int8 constant used as the filter of conv2d or
+//               fully_connected
 //    28  u32    constant data offset (16-aligned, inside [D, length - 4)); 0 for activations
-//    32  u32    constant data length = element count * element size; 0 for activations
+//    32  u32    constant data length: raw, element count * element size; encoded,
+//               the encoded byte count; 0 for activations
 //    36  u32    reserved, 0
 //   Op table at 64 + 40 T: O records of kOpRecordBytes = 56, in execution order
 //     0  u8     op code (OpCode)
@@ -86,6 +90,7 @@
 #include "fleetdl/core/crc32.hpp"
 #include "fleetdl/micro/kernels.hpp"
 #include "fleetdl/micro/quant.hpp"
+#include "fleetdl/micro/weight_codec.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -100,7 +105,7 @@ namespace fleetdl::micro {
 // Layout constants and limits.
 
 inline constexpr char kMagic[8] = {'F', 'D', 'L', 'M', 'I', 'C', 'R', 'O'};
-inline constexpr std::uint32_t kFormatVersion = 1;
+inline constexpr std::uint32_t kFormatVersion = 2;
 inline constexpr std::size_t kHeaderBytes = 64;
 inline constexpr std::size_t kTensorRecordBytes = 40;
 inline constexpr std::size_t kOpRecordBytes = 56;
@@ -135,7 +140,7 @@ inline constexpr std::size_t kTScale = 16;
 inline constexpr std::size_t kTZeroPoint = 20;
 inline constexpr std::size_t kTType = 24;
 inline constexpr std::size_t kTKind = 25;
-inline constexpr std::size_t kTReserved16 = 26;
+inline constexpr std::size_t kTEncoding = 26;
 inline constexpr std::size_t kTDataOffset = 28;
 inline constexpr std::size_t kTDataLength = 32;
 inline constexpr std::size_t kTReserved32 = 36;
@@ -211,6 +216,7 @@ enum class ErrorCode : std::uint8_t {
   bad_shape,              // a dim < 1 or element count > INT32_MAX
   bad_quantization,       // scale not finite > 0, zero point out of range
   bad_constant_data,      // constant data misaligned, out of bounds, wrong length, overlapping
+  bad_encoding,           // unknown weight encoding, encoding on a tensor that cannot have one, or an encoded stream that does not decode to the tensor
   too_many_activation_bytes,  // activations exceed kMaxActivationBytes
   bad_io,                 // model input / output id invalid, not an activation, repeated
   bad_op_code,            // unknown op code
@@ -248,6 +254,7 @@ constexpr const char* describe(ErrorCode c) noexcept {
     case ErrorCode::bad_shape: return "tensor shape is invalid";
     case ErrorCode::bad_quantization: return "tensor scale or zero point is invalid";
     case ErrorCode::bad_constant_data: return "constant data is misaligned, out of bounds, overlapping or of the wrong length";
+    case ErrorCode::bad_encoding: return "encoded weights are invalid";
     case ErrorCode::too_many_activation_bytes: return "activations exceed the arena limit of 1 GiB";
     case ErrorCode::bad_io: return "model input or output is invalid";
     case ErrorCode::bad_op_code: return "unknown op code";
@@ -315,13 +322,14 @@ struct TensorDesc {
   std::int32_t zero_point = 0;
   std::uint8_t type = 0;  // TensorType
   std::uint8_t kind = 0;  // TensorKind
-  std::uint16_t reserved16 = 0;
+  std::uint16_t encoding = 0;  // WeightEncoding
   std::uint32_t data_offset = 0;
   std::uint32_t data_length = 0;
   std::uint32_t reserved32 = 0;
 
   bool is_activation() const noexcept { return kind == static_cast<std::uint8_t>(TensorKind::activation); }
   bool is_constant() const noexcept { return kind == static_cast<std::uint8_t>(TensorKind::constant); }
+  bool is_encoded() const noexcept { return encoding != static_cast<std::uint16_t>(WeightEncoding::raw); }
 };
 
 struct OpDesc {
@@ -366,7 +374,8 @@ constexpr std::uint64_t element_count(const Shape4& s) noexcept {
                         : 0;
 }
 
-// Bytes of a tensor's data: element count * element size; 0 for an invalid shape.
+// Bytes of a tensor's decoded data: element count * element size; 0 for an
+// invalid shape. (An encoded constant's stored length is its data_length.)
 inline std::uint64_t tensor_bytes(const TensorDesc& t) noexcept {
   return element_count(t.shape) * (t.type == static_cast<std::uint8_t>(TensorType::int8) ? 1 : 4);
 }
@@ -410,7 +419,7 @@ class ModelView {
     t.zero_point = detail::load_i32(p + layout::kTZeroPoint);
     t.type = p[layout::kTType];
     t.kind = p[layout::kTKind];
-    t.reserved16 = detail::load_u16(p + layout::kTReserved16);
+    t.encoding = detail::load_u16(p + layout::kTEncoding);
     t.data_offset = detail::load_u32(p + layout::kTDataOffset);
     t.data_length = detail::load_u32(p + layout::kTDataLength);
     t.reserved32 = detail::load_u32(p + layout::kTReserved32);

@@ -17,15 +17,115 @@
 // patch_crc() recomputes the CRC after a test edits bytes.
 #pragma once
 
+#include "fleetdl/compress/huffman.hpp"
 #include "fleetdl/core/crc32.hpp"
 #include "fleetdl/micro/blob.hpp"
+#include "fleetdl/micro/weight_codec.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
 #include <vector>
 
 namespace fleetdl::micro {
+
+// Encode int8 weights (each in [-127, 127]) as micro/weight_codec.hpp's
+// zero-run Huffman. The codebook is the distinct values (zero included only
+// when the zero-run limit is 0), ascending; the zero-run limit r is the one of
+// {0, 1, 2, 4, ..., 4096} that gives the fewest bytes (ties: the smaller r),
+// runs are cut greedily into pieces of at most r; code lengths are Huffman's,
+// limited to 15 bits (compress/huffman.hpp), canonical. Deterministic.
+inline std::vector<std::uint8_t> encode_weights(const std::vector<std::int8_t>& values) {
+  struct Plan {
+    std::uint32_t r = 0;
+    std::vector<std::int8_t> codebook;
+    std::vector<std::uint32_t> symbols;
+    std::vector<std::uint8_t> len;
+    std::size_t bytes = 0;
+  };
+  const auto plan_for = [&](std::uint32_t r) {
+    Plan p;
+    p.r = r;
+    bool present[256] = {};
+    for (std::int8_t v : values)
+      if (v != 0 || r == 0) present[static_cast<std::uint8_t>(v)] = true;
+    std::int16_t index[256];
+    for (int v = -128; v <= 127; ++v)
+      if (present[static_cast<std::uint8_t>(v)]) {
+        index[static_cast<std::uint8_t>(v)] = static_cast<std::int16_t>(p.codebook.size());
+        p.codebook.push_back(static_cast<std::int8_t>(v));
+      }
+    const std::uint32_t k = static_cast<std::uint32_t>(p.codebook.size());
+    std::size_t i = 0;
+    while (i < values.size()) {
+      if (values[i] != 0 || r == 0) {
+        p.symbols.push_back(static_cast<std::uint32_t>(index[static_cast<std::uint8_t>(values[i])]));
+        ++i;
+        continue;
+      }
+      std::size_t run = 0;
+      while (i + run < values.size() && values[i + run] == 0 && run < r) ++run;
+      p.symbols.push_back(k + static_cast<std::uint32_t>(run) - 1);
+      i += run;
+    }
+    std::vector<std::uint64_t> freq(k + r, 0);
+    for (std::uint32_t sym : p.symbols) ++freq[sym];
+    p.len = compress::huffman_code_lengths(freq, static_cast<int>(kMaxCodeBits));
+    std::uint64_t bits = 0;
+    std::uint32_t used = 0, max_len = 0;
+    for (std::size_t sym = 0; sym < p.len.size(); ++sym) {
+      bits += static_cast<std::uint64_t>(p.len[sym]) * freq[sym];
+      if (p.len[sym]) {
+        ++used;
+        max_len = std::max<std::uint32_t>(max_len, p.len[sym]);
+      }
+    }
+    p.bytes = kCodecHeaderBytes + 2 * max_len + 2 * used + k + static_cast<std::size_t>((bits + 7) / 8);
+    return p;
+  };
+  FLEETDL_ASSERT(!values.empty(), "encode_weights: no values");
+  for (std::int8_t v : values) FLEETDL_ASSERT(v != -128, "encode_weights: -128 is not a symmetric int8 weight");
+  Plan best = plan_for(0);
+  for (std::uint32_t r = 1; r <= kMaxZeroRun; r *= 2) {
+    bool any_zero = false;
+    for (std::int8_t v : values) any_zero = any_zero || v == 0;
+    if (!any_zero) break;
+    Plan p = plan_for(r);
+    if (p.bytes < best.bytes) best = std::move(p);
+  }
+  // Serialize: header, counts, symbols in canonical order, codebook, stream.
+  std::uint32_t max_len = 0, used = 0;
+  for (std::uint8_t l : best.len)
+    if (l) {
+      max_len = std::max<std::uint32_t>(max_len, l);
+      ++used;
+    }
+  const std::uint32_t k = static_cast<std::uint32_t>(best.codebook.size());
+  std::vector<std::uint8_t> out;
+  const auto put16 = [&](std::uint32_t v) {
+    out.push_back(static_cast<std::uint8_t>(v));
+    out.push_back(static_cast<std::uint8_t>(v >> 8));
+  };
+  put16(k);
+  put16(best.r);
+  out.push_back(static_cast<std::uint8_t>(max_len));
+  out.push_back(0);
+  put16(used);
+  for (std::uint32_t b = 1; b <= max_len; ++b)
+    put16(static_cast<std::uint32_t>(std::count(best.len.begin(), best.len.end(), static_cast<std::uint8_t>(b))));
+  for (std::uint32_t b = 1; b <= max_len; ++b)
+    for (std::size_t sym = 0; sym < best.len.size(); ++sym)
+      if (best.len[sym] == b) put16(static_cast<std::uint32_t>(sym));
+  for (std::int8_t v : best.codebook) out.push_back(static_cast<std::uint8_t>(v));
+  const std::vector<std::uint32_t> codes = compress::canonical_codes(best.len);
+  compress::BitWriter bw;
+  for (std::uint32_t sym : best.symbols) bw.put(codes[sym], best.len[sym]);
+  const std::vector<std::uint8_t> stream = bw.finish();
+  out.insert(out.end(), stream.begin(), stream.end());
+  FLEETDL_ASSERT(out.size() == best.bytes, "encode_weights: size estimate disagrees with the bytes written");
+  return out;
+}
 
 struct ConvOptions {
   Padding padding = Padding::valid;
@@ -63,6 +163,13 @@ class BlobWriter {
   }
   std::uint16_t constant_int8(Shape4 shape, float scale, const std::vector<std::int8_t>& values) {
     return constant(shape, scale, TensorType::int8, values.data(), values.size());
+  }
+  // An int8 constant stored with the zero-run Huffman encoding (encode_weights).
+  std::uint16_t constant_int8_encoded(Shape4 shape, float scale, const std::vector<std::int8_t>& values) {
+    const std::vector<std::uint8_t> enc = encode_weights(values);
+    const std::uint16_t id = constant(shape, scale, TensorType::int8, enc.data(), enc.size());
+    tensors_[id].desc.encoding = static_cast<std::uint16_t>(WeightEncoding::zero_run_huffman);
+    return id;
   }
   std::uint16_t constant_int32(Shape4 shape, const std::vector<std::int32_t>& values) {
     return constant(shape, 1.0f, TensorType::int32, values.data(), values.size() * 4);
@@ -159,7 +266,7 @@ class BlobWriter {
       put32(b, p + layout::kTZeroPoint, static_cast<std::uint32_t>(d.zero_point));
       b[p + layout::kTType] = d.type;
       b[p + layout::kTKind] = d.kind;
-      put16(b, p + layout::kTReserved16, d.reserved16);
+      put16(b, p + layout::kTEncoding, d.encoding);
       put32(b, p + layout::kTDataOffset, d.data_offset);
       put32(b, p + layout::kTDataLength, d.data_length);
       put32(b, p + layout::kTReserved32, d.reserved32);

@@ -12,7 +12,8 @@
 // first, then checks the arena (non-null, 16-byte aligned, at least the planned
 // size), plans it (micro/planner.hpp) and prepares every op as TFLite Micro's
 // Prepare does: per-channel multipliers and shifts, clamp ranges, ADD and
-// SOFTMAX parameters, all kept in the arena's persistent tail. Nothing runs
+// SOFTMAX parameters, all kept in the arena's persistent tail (with one
+// decode row when a filter is encoded, micro/weight_codec.hpp). Nothing runs
 // before all of that has succeeded. invoke() never allocates; its only state
 // is in the arena. arena_used() equals plan_arena_bytes(blob).plan.total.
 //
@@ -103,6 +104,7 @@ class Interpreter {
   std::uint8_t* arena_ = nullptr;
   TensorPlan* tensors_ = nullptr;  // [tensor_count], in the arena's tail
   PreparedOp* ops_ = nullptr;      // [op_count], in the arena's tail
+  std::int8_t* scratch_ = nullptr; // one decoded filter row, in the arena's tail (encoded filters only)
   std::size_t used_ = 0;
   bool ready_ = false;
 };
@@ -186,6 +188,10 @@ inline InitResult Interpreter::init(const std::uint8_t* blob, std::size_t size, 
   auto* tensors = reinterpret_cast<TensorPlan*>(arena + top);
   top -= detail::align_up(std::uint64_t{O} * sizeof(PreparedOp));
   auto* ops = reinterpret_cast<PreparedOp*>(arena + top);
+  // Decode row of the encoded filters (none when every filter is raw).
+  const std::uint64_t scratch_row = scratch_row_bytes(view);
+  top -= detail::align_up(scratch_row);
+  auto* scratch = reinterpret_cast<std::int8_t*>(arena + top);
 
   const ArenaPlan plan = plan_arena(view, tensors);
   if (plan.total > arena_size) {
@@ -254,6 +260,7 @@ inline InitResult Interpreter::init(const std::uint8_t* blob, std::size_t size, 
   r.interpreter.arena_ = arena;
   r.interpreter.tensors_ = tensors;
   r.interpreter.ops_ = ops;
+  r.interpreter.scratch_ = scratch_row > 0 ? scratch : nullptr;
   r.interpreter.used_ = static_cast<std::size_t>(plan.total);
   r.interpreter.ready_ = true;
   return r;
@@ -285,6 +292,19 @@ inline InvokeResult Interpreter::run(std::uint32_t i) noexcept {
       const auto* bias = o.inputs[2] == kNoTensor ? nullptr : reinterpret_cast<const std::int32_t*>(data(o.inputs[2]));
       const auto* mult = reinterpret_cast<const std::int32_t*>(arena_ + p.channel_offset);
       const std::int32_t* shift = mult + p.channels;
+      // An encoded filter (micro/weight_codec.hpp) is decoded one output
+      // channel at a time into the scratch row, and the kernel runs that
+      // channel; a raw one runs in one call.
+      WeightStream stream;
+      const bool encoded = f.is_encoded();
+      if (encoded) {
+        WeightCodecHeader h;
+        if (parse_weight_codec(view_.data(f), f.data_length, h) != nullptr || scratch_ == nullptr)
+          return InvokeResult{ErrorCode::kernel_failed, "encoded filter header invalid (cannot happen after verify)", i};
+        stream = WeightStream(h);
+      }
+      const std::int32_t co = y.shape.c;
+      const std::uint32_t row = static_cast<std::uint32_t>(element_count(f.shape) / static_cast<std::uint64_t>(f.shape.n));
       if (o.code == static_cast<std::uint8_t>(OpCode::fully_connected)) {
         FullyConnectedParams fp;
         fp.input_zero_point = x.zero_point;
@@ -293,7 +313,15 @@ inline InvokeResult Interpreter::run(std::uint32_t i) noexcept {
         fp.act_max = p.act_max;
         fp.out_multiplier = mult;
         fp.out_shift = shift;
-        ok = fully_connected(fp, x.shape.n, x.shape.h * x.shape.w * x.shape.c, y.shape.c, i8(0), i8(1), bias, out);
+        const std::int32_t in_features = x.shape.h * x.shape.w * x.shape.c;
+        if (!encoded) {
+          ok = fully_connected(fp, x.shape.n, in_features, co, i8(0), i8(1), bias, out);
+        } else {
+          ok = true;
+          for (std::int32_t oc = 0; ok && oc < co; ++oc)
+            ok = stream.read(scratch_, row) &&
+                 fully_connected_rows(fp, x.shape.n, in_features, co, i8(0), scratch_, oc, oc + 1, bias, out);
+        }
       } else {
         ConvParams cp;
         cp.padding = static_cast<Padding>(o.padding);
@@ -308,9 +336,16 @@ inline InvokeResult Interpreter::run(std::uint32_t i) noexcept {
         cp.act_max = p.act_max;
         cp.out_multiplier = mult;
         cp.out_shift = shift;
-        ok = o.code == static_cast<std::uint8_t>(OpCode::conv2d)
-                 ? conv2d(cp, x.shape, i8(0), f.shape, i8(1), bias, y.shape, out)
-                 : depthwise_conv2d(cp, x.shape, i8(0), f.shape, i8(1), bias, y.shape, out);
+        if (o.code == static_cast<std::uint8_t>(OpCode::depthwise_conv2d)) {
+          ok = depthwise_conv2d(cp, x.shape, i8(0), f.shape, i8(1), bias, y.shape, out);  // never encoded (verify)
+        } else if (!encoded) {
+          ok = conv2d(cp, x.shape, i8(0), f.shape, i8(1), bias, y.shape, out);
+        } else {
+          ok = true;
+          for (std::int32_t oc = 0; ok && oc < co; ++oc)
+            ok = stream.read(scratch_, row) &&
+                 conv2d_channels(cp, x.shape, i8(0), f.shape, scratch_, oc, oc + 1, bias, y.shape, out);
+        }
       }
       break;
     }

@@ -3,9 +3,9 @@
 // reference kernels (tensorflow/lite/kernels/internal/reference/integer_ops/*,
 // reference/softmax.h, micro/kernels/*; default double-rounding build).
 //
-//   conv2d                 CONV_2D, per-channel weights
+//   conv2d                 CONV_2D, per-channel weights (conv2d_channels: a range of output channels)
 //   depthwise_conv2d       DEPTHWISE_CONV_2D, per-channel weights, depth multiplier
-//   fully_connected        FULLY_CONNECTED, per-channel weights
+//   fully_connected        FULLY_CONNECTED, per-channel weights (fully_connected_rows: a range of outputs)
 //   max_pool2d             MAX_POOL_2D
 //   average_pool2d         AVERAGE_POOL_2D
 //   global_average_pool2d  AVERAGE_POOL_2D with the whole H x W as window
@@ -183,13 +183,22 @@ constexpr bool conv_params_ok(const ConvParams& p) noexcept {
 // Shapes: input {n, h, w, c_in}; filter OHWI {c_out, kh, kw, c_in} (no groups);
 // output {n, out_h, out_w, c_out} with out_h / out_w from window_geometry().
 // bias may be nullptr (no bias).
-inline bool conv2d(const ConvParams& p, const Shape4& in_shape, const std::int8_t* input, const Shape4& filter_shape,
-                   const std::int8_t* filter, const std::int32_t* bias, const Shape4& out_shape,
-                   std::int8_t* output) noexcept {
+//
+// conv2d_channels computes only the output channels [oc_begin, oc_end):
+// `filter_rows` holds just their (oc_end - oc_begin) OHWI filters, while
+// multipliers, shifts and bias are still indexed by the absolute channel and
+// the output keeps its full layout. The interpreter runs an encoded filter
+// one channel at a time this way (micro/weight_codec.hpp); every output value
+// is the same as conv2d's.
+inline bool conv2d_channels(const ConvParams& p, const Shape4& in_shape, const std::int8_t* input,
+                            const Shape4& filter_shape, const std::int8_t* filter_rows, std::int32_t oc_begin,
+                            std::int32_t oc_end, const std::int32_t* bias, const Shape4& out_shape,
+                            std::int8_t* output) noexcept {
   if (!shape_ok(in_shape) || !shape_ok(filter_shape) || !shape_ok(out_shape) || input == nullptr ||
-      filter == nullptr || output == nullptr || !detail::conv_params_ok(p))
+      filter_rows == nullptr || output == nullptr || !detail::conv_params_ok(p))
     return false;
   if (filter_shape.c != in_shape.c || filter_shape.n != out_shape.c || out_shape.n != in_shape.n) return false;
+  if (oc_begin < 0 || oc_begin >= oc_end || oc_end > out_shape.c) return false;
   const WindowGeometry g = window_geometry(p.padding, in_shape.h, in_shape.w, filter_shape.h, filter_shape.w,
                                            p.stride_h, p.stride_w, p.dilation_h, p.dilation_w);
   if (!g.ok || g.out_h != out_shape.h || g.out_w != out_shape.w) return false;
@@ -201,7 +210,7 @@ inline bool conv2d(const ConvParams& p, const Shape4& in_shape, const std::int8_
       for (std::int32_t ox = 0; ox < out_shape.w; ++ox) {
         const std::int32_t ix0 = ox * p.stride_w - g.pad_w;
         std::int8_t* out_px = output + ((b * out_shape.h + oy) * out_shape.w + ox) * out_shape.c;
-        for (std::int32_t oc = 0; oc < out_shape.c; ++oc) {
+        for (std::int32_t oc = oc_begin; oc < oc_end; ++oc) {
           std::int32_t acc = 0;
           for (std::int32_t ky = 0; ky < filter_shape.h; ++ky) {
             const std::int32_t iy = iy0 + p.dilation_h * ky;
@@ -210,7 +219,8 @@ inline bool conv2d(const ConvParams& p, const Shape4& in_shape, const std::int8_
               const std::int32_t ix = ix0 + p.dilation_w * kx;
               if (ix < 0 || ix >= in_shape.w) continue;
               const std::int8_t* x = input + ((b * in_shape.h + iy) * in_shape.w + ix) * in_shape.c;
-              const std::int8_t* w = filter + ((oc * filter_shape.h + ky) * filter_shape.w + kx) * filter_shape.c;
+              const std::int8_t* w =
+                  filter_rows + (((oc - oc_begin) * filter_shape.h + ky) * filter_shape.w + kx) * filter_shape.c;
               for (std::int32_t ic = 0; ic < in_shape.c; ++ic)
                 acc = detail::wrap_add(acc, static_cast<std::int32_t>(w[ic]) * (static_cast<std::int32_t>(x[ic]) + in_offset));
             }
@@ -222,6 +232,12 @@ inline bool conv2d(const ConvParams& p, const Shape4& in_shape, const std::int8_
     }
   }
   return true;
+}
+
+inline bool conv2d(const ConvParams& p, const Shape4& in_shape, const std::int8_t* input, const Shape4& filter_shape,
+                   const std::int8_t* filter, const std::int32_t* bias, const Shape4& out_shape,
+                   std::int8_t* output) noexcept {
+  return conv2d_channels(p, in_shape, input, filter_shape, filter, 0, out_shape.c, bias, out_shape, output);
 }
 
 // DEPTHWISE_CONV_2D (TFLite reference_integer_ops::DepthwiseConvPerChannel):
@@ -292,10 +308,15 @@ struct FullyConnectedParams {
 // input [batches][in_features], weights [out_features][in_features],
 // output [batches][out_features]; bias may be nullptr. A per-tensor model
 // passes arrays whose entries are all equal (identical arithmetic).
-inline bool fully_connected(const FullyConnectedParams& p, std::int32_t batches, std::int32_t in_features,
-                            std::int32_t out_features, const std::int8_t* input, const std::int8_t* weights,
-                            const std::int32_t* bias, std::int8_t* output) noexcept {
-  if (batches < 1 || in_features < 1 || out_features < 1 || input == nullptr || weights == nullptr ||
+//
+// fully_connected_rows computes only the outputs [o_begin, o_end): `rows`
+// holds just their weight rows; multipliers, shifts, bias and the output are
+// indexed by the absolute output (as conv2d_channels).
+inline bool fully_connected_rows(const FullyConnectedParams& p, std::int32_t batches, std::int32_t in_features,
+                                 std::int32_t out_features, const std::int8_t* input, const std::int8_t* rows,
+                                 std::int32_t o_begin, std::int32_t o_end, const std::int32_t* bias,
+                                 std::int8_t* output) noexcept {
+  if (batches < 1 || in_features < 1 || out_features < 1 || input == nullptr || rows == nullptr ||
       output == nullptr || p.out_multiplier == nullptr || p.out_shift == nullptr ||
       !detail::zp_ok(p.input_zero_point) || !detail::zp_ok(p.output_zero_point) || !detail::act_ok(p.act_min, p.act_max))
     return false;
@@ -303,11 +324,12 @@ inline bool fully_connected(const FullyConnectedParams& p, std::int32_t batches,
       static_cast<std::int64_t>(batches) * out_features > INT32_MAX ||
       static_cast<std::int64_t>(out_features) * in_features > INT32_MAX)
     return false;
+  if (o_begin < 0 || o_begin >= o_end || o_end > out_features) return false;
   const std::int32_t in_offset = -p.input_zero_point;
   for (std::int32_t b = 0; b < batches; ++b) {
     const std::int8_t* x = input + b * in_features;
-    for (std::int32_t o = 0; o < out_features; ++o) {
-      const std::int8_t* w = weights + o * in_features;
+    for (std::int32_t o = o_begin; o < o_end; ++o) {
+      const std::int8_t* w = rows + (o - o_begin) * in_features;
       std::int32_t acc = 0;
       for (std::int32_t i = 0; i < in_features; ++i)
         acc = detail::wrap_add(acc, static_cast<std::int32_t>(w[i]) * (static_cast<std::int32_t>(x[i]) + in_offset));
@@ -316,6 +338,12 @@ inline bool fully_connected(const FullyConnectedParams& p, std::int32_t batches,
     }
   }
   return true;
+}
+
+inline bool fully_connected(const FullyConnectedParams& p, std::int32_t batches, std::int32_t in_features,
+                            std::int32_t out_features, const std::int8_t* input, const std::int8_t* weights,
+                            const std::int32_t* bias, std::int8_t* output) noexcept {
+  return fully_connected_rows(p, batches, in_features, out_features, input, weights, 0, out_features, bias, output);
 }
 
 // ---------------------------------------------------------------------------

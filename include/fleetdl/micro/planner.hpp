@@ -26,6 +26,9 @@
 //   align16(64 O)        PreparedOp table (O ops)
 //   align16(8 c) per conv2d / depthwise_conv2d / fully_connected op with c
 //                        output channels: its int32 multipliers and shifts
+//   align16(row)         when some filter is encoded (micro/weight_codec.hpp):
+//                        one decode row, the largest filter row among them
+//                        (kh * kw * c_in of a conv2d, in_features of a dense)
 // total = extent + persistent. Every record is made of 32-bit fields, so the
 // figure is the same on a 64-bit host and a 32-bit MCU.
 //
@@ -157,6 +160,25 @@ constexpr bool has_channel_params(std::uint8_t code) noexcept {
          code == static_cast<std::uint8_t>(OpCode::fully_connected);
 }
 
+// Bytes of one output channel's weights (one OHWI filter or one dense row)
+// of op o's filter tensor; the decode scratch of an encoded filter.
+inline std::uint64_t filter_row_bytes(const ModelView& v, const OpDesc& o) noexcept {
+  const TensorDesc f = v.tensor(o.inputs[1]);
+  return element_count(f.shape) / static_cast<std::uint64_t>(f.shape.n);
+}
+
+// The largest decode scratch row over the ops whose filter is encoded; 0 when
+// none is (micro/weight_codec.hpp).
+inline std::uint64_t scratch_row_bytes(const ModelView& v) noexcept {
+  std::uint64_t row = 0;
+  for (std::uint32_t i = 0; i < v.op_count(); ++i) {
+    const OpDesc o = v.op(i);
+    if (has_channel_params(o.code) && v.tensor(o.inputs[1]).is_encoded() && filter_row_bytes(v, o) > row)
+      row = filter_row_bytes(v, o);
+  }
+  return row;
+}
+
 // Bytes of the interpreter's persistent tail for a verified blob.
 inline std::uint64_t persistent_bytes(const ModelView& v) noexcept {
   std::uint64_t bytes = detail::align_up(std::uint64_t{v.tensor_count()} * sizeof(TensorPlan)) +
@@ -166,7 +188,7 @@ inline std::uint64_t persistent_bytes(const ModelView& v) noexcept {
     if (has_channel_params(o.code))
       bytes += detail::align_up(8 * static_cast<std::uint64_t>(v.tensor(o.output).shape.c));
   }
-  return bytes;
+  return bytes + detail::align_up(scratch_row_bytes(v));
 }
 
 struct ArenaPlan {

@@ -99,6 +99,8 @@ inline VerifyResult verify_op(const ModelView& v, const OpDesc& o, std::uint32_t
       if (!f.is_constant() || f.type != static_cast<std::uint8_t>(TensorType::int8))
         return fail(ErrorCode::bad_op_inputs, "input 1 (filter) must be a constant int8 tensor", i);
       const std::int32_t co = y.shape.c;
+      if (f.is_encoded() && o.code == static_cast<std::uint8_t>(OpCode::depthwise_conv2d))
+        return fail(ErrorCode::bad_encoding, "depthwise_conv2d filters cannot be encoded (only conv2d and fully_connected decode per channel)", i);
       if (o.code == static_cast<std::uint8_t>(OpCode::conv2d)) {
         if (f.shape.c != x.shape.c) return fail(ErrorCode::shape_mismatch, "conv2d: filter input channels (OHWI dim 3) differ from the input's channels", i);
         if (f.shape.n != co) return fail(ErrorCode::shape_mismatch, "conv2d: filter output channels (OHWI dim 0) differ from the output's channels", i);
@@ -233,7 +235,7 @@ inline VerifyResult verify(const std::uint8_t* blob, std::size_t size) noexcept 
   if (size < kHeaderBytes + kCrcBytes) return fail(ErrorCode::truncated, "blob is shorter than its 64-byte header and 4-byte CRC");
   for (std::size_t k = 0; k < sizeof kMagic; ++k)
     if (blob[k] != static_cast<std::uint8_t>(kMagic[k])) return fail(ErrorCode::bad_magic, "magic is not FDLMICRO");
-  if (load_u32(blob + layout::kVersion) != kFormatVersion) return fail(ErrorCode::bad_version, "format version is not 1");
+  if (load_u32(blob + layout::kVersion) != kFormatVersion) return fail(ErrorCode::bad_version, "format version is not 2");
   if (detail::load_u64(blob + layout::kLength) != static_cast<std::uint64_t>(size))
     return fail(ErrorCode::bad_length, "length field differs from the blob size (truncated or padded)");
   if (fleetdl::crc32(blob, size - kCrcBytes) != load_u32(blob + size - kCrcBytes))
@@ -262,7 +264,11 @@ inline VerifyResult verify(const std::uint8_t* blob, std::size_t size) noexcept 
     const TensorDesc d = v.tensor(t);
     if (d.type > static_cast<std::uint8_t>(TensorType::float32)) return fail(ErrorCode::bad_tensor, "tensor type must be 0 (int8), 1 (int32) or 2 (float32)", t);
     if (d.kind > static_cast<std::uint8_t>(TensorKind::constant)) return fail(ErrorCode::bad_tensor, "tensor kind must be 0 (activation) or 1 (constant)", t);
-    if (d.reserved16 != 0 || d.reserved32 != 0) return fail(ErrorCode::reserved_not_zero, "tensor reserved field is not 0", t);
+    if (d.reserved32 != 0) return fail(ErrorCode::reserved_not_zero, "tensor reserved field is not 0", t);
+    if (d.encoding > static_cast<std::uint16_t>(WeightEncoding::zero_run_huffman))
+      return fail(ErrorCode::bad_encoding, "tensor encoding must be 0 (raw) or 1 (zero-run Huffman)", t);
+    if (d.is_encoded() && (!d.is_constant() || d.type != static_cast<std::uint8_t>(TensorType::int8)))
+      return fail(ErrorCode::bad_encoding, "only int8 constant tensors can be encoded", t);
     if (!shape_valid(d.shape)) return fail(ErrorCode::bad_shape, "tensor dims must be >= 1 with at most INT32_MAX elements", t);
     const std::uint64_t bytes = tensor_bytes(d);
     if (bytes > static_cast<std::uint64_t>(INT32_MAX)) return fail(ErrorCode::bad_shape, "tensor data exceeds 2^31 - 1 bytes", t);
@@ -274,12 +280,16 @@ inline VerifyResult verify(const std::uint8_t* blob, std::size_t size) noexcept 
       activation_bytes += detail::align_up(bytes);
       if (activation_bytes > kMaxActivationBytes) return fail(ErrorCode::too_many_activation_bytes, "activations exceed 1 GiB in total", t);
     } else {
-      if (d.data_length != bytes) return fail(ErrorCode::bad_constant_data, "constant data length differs from element count * element size", t);
+      if (!d.is_encoded() && d.data_length != bytes)
+        return fail(ErrorCode::bad_constant_data, "constant data length differs from element count * element size", t);
       if (d.data_offset % kAlignment != 0) return fail(ErrorCode::bad_constant_data, "constant data offset is not 16-aligned", t);
       if (d.data_offset < data_cursor) return fail(ErrorCode::bad_constant_data, "constant data starts before the data section or overlaps the previous constant", t);
       if (static_cast<std::uint64_t>(d.data_offset) + d.data_length > payload_end)
         return fail(ErrorCode::bad_constant_data, "constant data runs past the end of the blob", t);
       data_cursor = static_cast<std::uint64_t>(d.data_offset) + d.data_length;
+      if (d.is_encoded())
+        if (const char* e = check_weight_encoding(v.data(d), d.data_length, element_count(d.shape)))
+          return fail(ErrorCode::bad_encoding, e, t);
       if (d.type == static_cast<std::uint8_t>(TensorType::int8) && !detail::finite_positive(d.scale))
         return fail(ErrorCode::bad_quantization, "int8 constant scale must be finite and > 0", t);
       if (d.zero_point != 0) return fail(ErrorCode::bad_quantization, "constant tensors are symmetric: zero point must be 0", t);
