@@ -412,22 +412,26 @@ int cmd_compress(int argc, char** argv) {
 /// `fleetdl compress --quantize int8` writes): verified and planned first,
 /// then every test image through the micro runtime (quantize the CHW floats
 /// into the blob's NHWC int8 input, invoke, argmax of the dequantized output).
-int eval_micro_blob(const std::string& cmd, const std::string& path, const std::string& data_dir, Index test_limit,
-                    bool json) {
-  auto bytes = read_file(path, std::uint64_t{64} << 20);
-  if (!bytes) return fail(cmd, bytes.error().message);
-  const micro::PlanResult plan = micro::plan_arena_bytes(bytes->data(), bytes->size());
+/// `bytes` is the whole file `path`, as cmd_eval read it to look at its magic.
+int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector<std::uint8_t> bytes,
+                    const std::string& data_dir, Index test_limit, bool json) {
+  // the limit export-header applies too (a microcontroller's flash is far smaller)
+  constexpr std::uint64_t max_blob_bytes = std::uint64_t{64} << 20;
+  if (bytes.size() > max_blob_bytes)
+    return fail(cmd, path + ": micro blob is " + std::to_string(bytes.size()) + " bytes, above the limit " +
+                         std::to_string(max_blob_bytes));
+  const micro::PlanResult plan = micro::plan_arena_bytes(bytes.data(), bytes.size());
   if (!plan)
     return fail(cmd, path + ": not a valid micro model blob: " + plan.status.message + " (" +
                          micro::describe(plan.status.code) + ", index " + std::to_string(plan.status.index) + ")");
-  const micro::ModelView v(bytes->data(), bytes->size());
+  const micro::ModelView v(bytes.data(), bytes.size());
   if (v.input_count() != 1 || v.output_count() != 1)
     return fail(cmd, path + ": the blob has " + std::to_string(v.input_count()) + " inputs and " +
                          std::to_string(v.output_count()) + " outputs; eval needs one of each");
   const micro::TensorDesc in = v.tensor(v.input_id(0)), out = v.tensor(v.output_id(0));
   if (in.shape.n != 1 || out.shape.n != 1) return fail(cmd, path + ": the blob's batch dimension must be 1");
   cz::QuantizedModel qm;
-  qm.blob = std::move(*bytes);
+  qm.blob = std::move(bytes);
   qm.input_shape = Shape{in.shape.c, in.shape.h, in.shape.w};
   qm.output_shape = Shape{out.shape.c, out.shape.h, out.shape.w};
   qm.output_layout = qm.output_shape;

@@ -37,6 +37,12 @@
 #include <thread>
 #include <vector>
 
+namespace fleetdl::cli {
+// `fleetdl eval` of an int8 micro blob, given the file's bytes (compress.cpp).
+int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector<std::uint8_t> bytes,
+                    const std::string& data_dir, Index test_limit, bool json);
+}  // namespace fleetdl::cli
+
 namespace {
 
 using fleetdl::Index;
@@ -234,14 +240,13 @@ int cmd_eval(int argc, char** argv) {
   const int runs = static_cast<int>(a.integer("--latency-runs", 200, 1, 1000000));
   const bool json = a.has("--json");
 
-  {  // an int8 micro blob (fleetdl compress --quantize int8) runs through the micro runtime
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    char magic[8] = {};
-    const bool micro_blob = f && std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "FDLMICRO", 8) == 0;
-    if (f) std::fclose(f);
-    if (micro_blob) return eval_micro_blob(cmd, path, ds.dir, test_limit, json);
-  }
-  auto file = io::load_model<float>(path);
+  // One read, then dispatch on the magic: an int8 micro blob (fleetdl compress
+  // --quantize int8) runs through the micro runtime, anything else is an .fdl.
+  auto bytes = io::read_file_bytes(path);
+  if (!bytes) return fail(cmd, bytes.error().message);
+  if (bytes->size() >= 8 && std::memcmp(bytes->data(), "FDLMICRO", 8) == 0)
+    return eval_micro_blob(cmd, path, std::move(*bytes), ds.dir, test_limit, json);
+  auto file = io::decode_model<float>(bytes->data(), bytes->size(), path);
   if (!file) return fail(cmd, file.error().message);
   auto& model = file->model;
   auto test = data::load_fashion_mnist<float>(ds.dir, false, test_limit);
