@@ -1900,6 +1900,19 @@ class CompressCli(CliTestCase):
         self.assertEqual(ev["test_accuracy"], stages[3]["accuracy"])
         self.assertEqual(ev["arena_bytes"], stages[3]["arena_bytes"])
         self.assertEqual(ev["arena_bytes"], ev["planned_arena_bytes"])
+        # eval reads the file once (magic and blob in one read), so a blob
+        # through a pipe works too, with the same result
+        with open(out, "rb") as fh:
+            blob = fh.read()
+        args = [FLEETDL, "eval", "/dev/stdin", "--test-limit", self.LIMITS[self.LIMITS.index("--test-limit") + 1],
+                "--json"]
+        p = subprocess.run(args, input=blob, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT,
+                           env=dict(os.environ, LC_ALL="C"))
+        self.assertEqual(p.returncode, 0, "eval of a piped blob failed: %r" % p.stderr)
+        piped = strict_json(p.stdout.decode())
+        self.assertEqual(piped["format"], "micro-int8")
+        self.assertEqual(piped["blob_bytes"], len(blob))
+        self.assertEqual(piped["test_accuracy"], ev["test_accuracy"])
         # a damaged blob is refused by the verifier before anything runs
         with open(out, "rb") as fh:
             data = bytearray(fh.read())
