@@ -198,9 +198,9 @@ int cmd_infer(int argc, char** argv);
 int cmd_infer_student(int argc, char** argv);
 // The micro-runtime commands (micro.cpp).
 int cmd_export_header(int argc, char** argv);
-// `fleetdl eval` of an int8 micro blob (compress.cpp).
-int eval_micro_blob(const std::string& cmd, const std::string& path, const std::string& data_dir, Index test_limit,
-                    bool json);
+// `fleetdl eval` of an int8 micro blob, given the file's bytes (compress.cpp).
+int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector<std::uint8_t> bytes,
+                    const std::string& data_dir, Index test_limit, bool json);
 // The compression pipeline (compress.cpp).
 int cmd_compress(int argc, char** argv);
 

@@ -361,13 +361,27 @@ int cmd_compress(int argc, char** argv) {
     const Matrix<float> calib_images = train->images.leftCols(nc);
     auto cal = cz::calibrate(model, calib_images, 256, {}, &pool);
     if (!cal) return fail(cmd, cal.error().message);
-    auto q = cz::quantize_model(model, *cal);
+    // After pruning or clustering the weights are stored with the blob's
+    // zero-run Huffman encoding (where it is smaller), and a clustered layer
+    // gets one scale per tensor so its K values stay K int8 levels; the
+    // stored size is then what the earlier stages really saved.
+    cz::QuantizeOptions qo;
+    qo.encode_weights = prune.has_value() || cluster.has_value();
+    qo.per_tensor_clustered = cluster.has_value();
+    auto q = cz::quantize_model(model, *cal, qo);
     if (!q) return fail(cmd, q.error().message);
+    int encoded = 0, per_tensor = 0;
+    for (const auto& op : q->ops) {
+      encoded += op.encoded ? 1 : 0;
+      per_tensor += op.per_tensor ? 1 : 0;
+    }
     auto ev = cz::evaluate_int8(*q, test->images, test->labels);
     if (!ev) return fail(cmd, ev.error().message);
     StageReport r;
     r.stage = "int8";
     r.detail = std::to_string(q->ops.size()) + " ops, calibrated on " + std::to_string(nc) + " images";
+    if (qo.encode_weights) r.detail += ", " + std::to_string(encoded) + " filters encoded";
+    if (qo.per_tensor_clustered) r.detail += ", " + std::to_string(per_tensor) + " per-tensor scales";
     r.params = model.param_count();
     r.stored_bytes = q->blob.size();
     r.ratio = raw_bytes / static_cast<double>(r.stored_bytes);

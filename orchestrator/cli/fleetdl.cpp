@@ -37,12 +37,6 @@
 #include <thread>
 #include <vector>
 
-namespace fleetdl::cli {
-// `fleetdl eval` of an int8 micro blob, given the file's bytes (compress.cpp).
-int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector<std::uint8_t> bytes,
-                    const std::string& data_dir, Index test_limit, bool json);
-}  // namespace fleetdl::cli
-
 namespace {
 
 using fleetdl::Index;

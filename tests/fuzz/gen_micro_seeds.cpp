@@ -1,5 +1,5 @@
 // tests/fuzz/gen_micro_seeds.cpp — writes valid micro model blobs (one per
-// op kind and a few chains) into the directory given as argv[1]: the seed
+// op kind and a few chains, one with encoded filters) into the directory given as argv[1]: the seed
 // corpus of fuzz_micro_verifier. Built with the project compiler.
 #include "fleetdl/micro/blob_writer.hpp"
 #include "fleetdl/micro/verifier.hpp"
@@ -20,15 +20,26 @@ std::vector<std::int8_t> ramp(std::size_t n) {
   return v;
 }
 
-std::vector<std::uint8_t> classifier() {
+// Pruned-looking weights: two of every three zero, for the encoded seed.
+std::vector<std::int8_t> sparse(std::size_t n) {
+  std::vector<std::int8_t> v = ramp(n);
+  for (std::size_t i = 0; i < n; ++i)
+    if (i % 3 != 0) v[i] = 0;
+  return v;
+}
+
+// encoded: the filters use the zero-run Huffman encoding (micro/weight_codec.hpp).
+std::vector<std::uint8_t> classifier(bool encoded = false) {
   mi::BlobWriter w;
   const auto x = w.activation({1, 6, 6, 2}, 0.05f, -3);
-  const auto k = w.constant_int8({3, 3, 3, 2}, 0.01f, ramp(54));
+  const auto k = encoded ? w.constant_int8_encoded({3, 3, 3, 2}, 0.01f, sparse(54))
+                         : w.constant_int8({3, 3, 3, 2}, 0.01f, ramp(54));
   const auto b = w.constant_int32({1, 1, 1, 3}, {100, -50, 7});
   const auto s = w.constant_float({1, 1, 1, 3}, {0.01f, 0.02f, 0.005f});
   const auto c = w.activation({1, 6, 6, 3}, 0.08f, -128);
   const auto p = w.activation({1, 3, 3, 3}, 0.08f, -128);
-  const auto d = w.constant_int8({4, 1, 1, 27}, 0.01f, ramp(108));
+  const auto d = encoded ? w.constant_int8_encoded({4, 1, 1, 27}, 0.01f, sparse(108))
+                         : w.constant_int8({4, 1, 1, 27}, 0.01f, ramp(108));
   const auto l = w.activation({1, 1, 1, 4}, 0.15f, 4);
   const auto y = w.activation({1, 1, 1, 4}, 1.0f / 256, -128);
   mi::ConvOptions o;
@@ -90,7 +101,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: gen_micro_seeds DIR\n");
     return 2;
   }
-  const std::vector<std::vector<std::uint8_t>> seeds = {classifier(), residual_concat(), pools()};
+  const std::vector<std::vector<std::uint8_t>> seeds = {classifier(), residual_concat(), pools(), classifier(true)};
   for (std::size_t i = 0; i < seeds.size(); ++i) {
     const std::string path = std::string(argv[1]) + "/seed" + std::to_string(i) + ".fdlmicro";
     std::FILE* f = std::fopen(path.c_str(), "wb");
