@@ -349,6 +349,20 @@ TEST_CASE("quantize: encoded weights are lossless; clustered layers get one scal
   auto dq = cz::quantize_model(dense, *dcal, qo);
   REQUIRE(dq.ok());
   CHECK_FALSE(dq->ops.back().per_tensor);
+  // So does a small layer that was never clustered (108 weights, nearly all
+  // distinct: fewer than 256 values, but not 4 weights per value).
+  Model small = make(Shape{1, 8, 8}, [] {
+    std::vector<nn::NodePtr<float>> d;
+    d.push_back(std::make_unique<nn::Conv2D<float>>(1, 12, 3, 1, 0, 1, 1, true));
+    return d;
+  }());
+  randomize(small, 35);
+  const Matrix<float> scal = random_matrix(64, 32, -1.0f, 1.0f, 36);
+  auto scal_r = cz::calibrate(small, scal, 32);
+  REQUIRE(scal_r.ok());
+  auto sq = cz::quantize_model(small, *scal_r, qo);
+  REQUIRE(sq.ok());
+  CHECK_FALSE(sq->ops.front().per_tensor);
 }
 
 TEST_CASE("quantize: conv -> BatchNorm -> ReLU6 folds and fuses into one conv2d op", "[compress][quantize]") {

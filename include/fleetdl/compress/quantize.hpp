@@ -394,15 +394,25 @@ inline ChannelQuantized quantize_per_channel(const float* w, Index channels, Ind
   return r;
 }
 
-/// Distinct values of w[0..n) (stops counting above `limit`).
-inline std::size_t distinct_values(const float* w, Index n, std::size_t limit) {
+/// Does w[0..n) look clustered, and does one scale `s` keep its levels? True
+/// when it takes at most 256 distinct values, each shared by at least 4
+/// weights on average (a layer that was never clustered has nearly all values
+/// distinct), and round(v / s) maps the distinct non-zero values to distinct
+/// non-zero int8 levels (no two centroids merge, none becomes 0).
+inline bool clustered_levels_kept(const float* w, Index n, float s) {
   std::vector<float> seen;
   for (Index i = 0; i < n; ++i) {
     if (std::find(seen.begin(), seen.end(), w[i]) != seen.end()) continue;
     seen.push_back(w[i]);
-    if (seen.size() > limit) break;
+    if (seen.size() > 256) return false;
   }
-  return seen.size();
+  if (static_cast<Index>(seen.size()) * 4 > n) return false;
+  std::vector<long> levels;
+  for (float v : seen)
+    if (v != 0.0f) levels.push_back(std::lround(std::clamp(static_cast<double>(v) / s, -127.0, 127.0)));
+  std::sort(levels.begin(), levels.end());
+  return std::adjacent_find(levels.begin(), levels.end()) == levels.end() &&
+         !std::binary_search(levels.begin(), levels.end(), 0L);
 }
 
 /// One symmetric scale for the whole tensor: max|w| / 127 (1 if all zero),
@@ -430,11 +440,14 @@ struct QuantizeOptions {
   /// int8. Pays off after pruning or clustering; the interpreter then decodes
   /// one output channel at a time (a little slower, one row of arena).
   bool encode_weights = false;
-  /// A conv2d / dense whose weights take at most 256 distinct values (a layer
-  /// clustered by compress/cluster.hpp) gets one scale for the whole tensor
-  /// instead of one per channel, so its K shared values stay K int8 levels
-  /// (which the encoding above then codes in about log2 K bits) and no
-  /// per-channel scale table is stored. Depthwise filters stay per channel.
+  /// A conv2d / dense that looks clustered (compress/cluster.hpp) gets one
+  /// scale for the whole tensor instead of one per channel, so its K shared
+  /// values stay K int8 levels (which the encoding above then codes in about
+  /// log2 K bits) and no per-channel scale table is stored. "Looks
+  /// clustered" is clustered_levels_kept(): at most 256 distinct values
+  /// (after BatchNorm folding), 4 weights per value on average, and one scale
+  /// maps them to distinct non-zero levels; otherwise the layer stays per
+  /// channel. Depthwise filters always stay per channel.
   bool per_tensor_clustered = false;
 };
 
@@ -769,8 +782,15 @@ class Converter {
   /// Per-channel weights, or one scale when the options allow it for a
   /// clustered tensor; records which for the filter / scales writers.
   ChannelQuantized quantize_weights(const float* wts, Index channels, Index per, bool allow_per_tensor) {
-    last_per_tensor_ = allow_per_tensor && o_.per_tensor_clustered && distinct_values(wts, channels * per, 256) <= 256;
-    return last_per_tensor_ ? quantize_per_tensor(wts, channels, per) : quantize_per_channel(wts, channels, per);
+    last_per_tensor_ = false;
+    if (allow_per_tensor && o_.per_tensor_clustered) {
+      ChannelQuantized t = quantize_per_tensor(wts, channels, per);
+      if (clustered_levels_kept(wts, channels * per, t.scales[0])) {
+        last_per_tensor_ = true;
+        return t;
+      }
+    }
+    return quantize_per_channel(wts, channels, per);
   }
   /// The per-channel scale tensor, or none for a per-tensor filter (the
   /// filter's own scale then applies to every channel).
@@ -784,11 +804,11 @@ class Converter {
     last_filter_bytes_ = values.size();
     last_filter_encoded_ = false;
     if (o_.encode_weights) {
-      const std::size_t enc = micro::encode_weights(values).size();
-      if (enc < values.size()) {
-        last_filter_bytes_ = enc;
+      const std::vector<std::uint8_t> enc = micro::encode_weights(values);
+      if (enc.size() < values.size()) {
+        last_filter_bytes_ = enc.size();
         last_filter_encoded_ = true;
-        return w.constant_int8_encoded(shape, scale, values);
+        return w.constant_int8_encoded_bytes(shape, scale, enc);
       }
     }
     return w.constant_int8(shape, scale, values);

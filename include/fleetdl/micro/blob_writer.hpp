@@ -86,11 +86,10 @@ inline std::vector<std::uint8_t> encode_weights(const std::vector<std::int8_t>& 
   };
   FLEETDL_ASSERT(!values.empty(), "encode_weights: no values");
   for (std::int8_t v : values) FLEETDL_ASSERT(v != -128, "encode_weights: -128 is not a symmetric int8 weight");
+  FLEETDL_ASSERT(values.size() <= 0xFFFFFFFFu, "encode_weights: more than 2^32 - 1 values");
   Plan best = plan_for(0);
-  for (std::uint32_t r = 1; r <= kMaxZeroRun; r *= 2) {
-    bool any_zero = false;
-    for (std::int8_t v : values) any_zero = any_zero || v == 0;
-    if (!any_zero) break;
+  const bool any_zero = std::find(values.begin(), values.end(), std::int8_t{0}) != values.end();
+  for (std::uint32_t r = 1; any_zero && r <= kMaxZeroRun; r *= 2) {
     Plan p = plan_for(r);
     if (p.bytes < best.bytes) best = std::move(p);
   }
@@ -112,6 +111,7 @@ inline std::vector<std::uint8_t> encode_weights(const std::vector<std::int8_t>& 
   out.push_back(static_cast<std::uint8_t>(max_len));
   out.push_back(0);
   put16(used);
+  for (int k8 = 0; k8 < 4; ++k8) out.push_back(static_cast<std::uint8_t>(values.size() >> (8 * k8)));
   for (std::uint32_t b = 1; b <= max_len; ++b)
     put16(static_cast<std::uint32_t>(std::count(best.len.begin(), best.len.end(), static_cast<std::uint8_t>(b))));
   for (std::uint32_t b = 1; b <= max_len; ++b)
@@ -166,7 +166,12 @@ class BlobWriter {
   }
   // An int8 constant stored with the zero-run Huffman encoding (encode_weights).
   std::uint16_t constant_int8_encoded(Shape4 shape, float scale, const std::vector<std::int8_t>& values) {
-    const std::vector<std::uint8_t> enc = encode_weights(values);
+    FLEETDL_ASSERT(values.size() == element_count(shape), "constant_int8_encoded: value count differs from the shape");
+    return constant_int8_encoded_bytes(shape, scale, encode_weights(values));
+  }
+  // The same from bytes encode_weights() already produced (tests also pass
+  // damaged ones: the writer checks nothing, verify() does).
+  std::uint16_t constant_int8_encoded_bytes(Shape4 shape, float scale, const std::vector<std::uint8_t>& enc) {
     const std::uint16_t id = constant(shape, scale, TensorType::int8, enc.data(), enc.size());
     tensors_[id].desc.encoding = static_cast<std::uint16_t>(WeightEncoding::zero_run_huffman);
     return id;

@@ -22,15 +22,19 @@
 //    4  u8   L   longest code length, 1..kMaxCodeBits
 //    5  u8   reserved, 0
 //    6  u16  m   symbols that have a code, 1..k+r
-//    8  u16  count[L]   number of codes of length 1..L (sum = m; the code may
+//    8  u32  n   element count: must equal the tensor's (so a writer that
+//                encoded another count is caught, not run with shifted weights)
+//   12  u16  count[L]   number of codes of length 1..L (sum = m; the code may
 //                       be incomplete but not over-subscribed)
 //       u16  symbol[m]  the coded symbols in canonical order, each < k+r
 //       i8   codebook[k], each in [-127, 127]
 //       bit stream up to the end of the data; the last byte padded with 0 bits
 // The tensor's data length is the encoded length. The verifier
 // (check_weight_encoding) decodes the whole stream once: it must yield
-// exactly the tensor's element count with no run running past the end, end
-// within the last byte, and pad with zeros. A stream it accepted decodes the
+// exactly n elements with no run running past the end, end within the last
+// byte, and pad with zeros. Its time is linear in the stream's bits plus the
+// codebook symbols, not in n (runs are skipped whole), so a short stream
+// declaring 2^31 zeros cannot stall it. A stream it accepted decodes the
 // same way at every invoke(); the decoder still checks every bit read against
 // the end, so even a stream it did not check cannot make it read out of
 // bounds.
@@ -46,17 +50,21 @@ enum class WeightEncoding : std::uint16_t { raw = 0, zero_run_huffman = 1 };
 inline constexpr std::uint32_t kMaxCodebook = 256;
 inline constexpr std::uint32_t kMaxZeroRun = 4096;
 inline constexpr std::uint32_t kMaxCodeBits = 15;
-inline constexpr std::size_t kCodecHeaderBytes = 8;
+inline constexpr std::size_t kCodecHeaderBytes = 12;
 
 namespace detail {
 constexpr std::uint16_t codec_u16(const std::uint8_t* p) noexcept {
   return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
 }
+constexpr std::uint32_t codec_u32(const std::uint8_t* p) noexcept {
+  return static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+         (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
+}
 }  // namespace detail
 
 // The parsed header of an encoded tensor.
 struct WeightCodecHeader {
-  std::uint32_t k = 0, r = 0, max_len = 0, m = 0;
+  std::uint32_t k = 0, r = 0, max_len = 0, m = 0, n = 0;
   const std::uint8_t* counts = nullptr;    // u16[max_len]
   const std::uint8_t* symbols = nullptr;   // u16[m]
   const std::int8_t* codebook = nullptr;   // [k]
@@ -67,11 +75,12 @@ struct WeightCodecHeader {
 // Parse and check the header (not the stream). Returns nullptr on success,
 // or a static message naming what is wrong.
 inline const char* parse_weight_codec(const std::uint8_t* data, std::uint64_t len, WeightCodecHeader& h) noexcept {
-  if (len < kCodecHeaderBytes) return "encoded weights: shorter than the 8-byte codec header";
+  if (len < kCodecHeaderBytes) return "encoded weights: shorter than the 12-byte codec header";
   h.k = detail::codec_u16(data);
   h.r = detail::codec_u16(data + 2);
   h.max_len = data[4];
   h.m = detail::codec_u16(data + 6);
+  h.n = detail::codec_u32(data + 8);
   if (data[5] != 0) return "encoded weights: reserved header byte is not 0";
   if (h.k > kMaxCodebook) return "encoded weights: codebook larger than 256 entries";
   if (h.r > kMaxZeroRun) return "encoded weights: zero run limit above 4096";
@@ -146,6 +155,13 @@ class WeightStream {
     return true;
   }
 
+  // Consume up to `max` zeros of the current run at once; returns how many.
+  std::uint32_t skip_zeros(std::uint64_t max) noexcept {
+    const std::uint32_t z = pending_zeros_ < max ? pending_zeros_ : static_cast<std::uint32_t>(max);
+    pending_zeros_ -= z;
+    return z;
+  }
+
   std::uint32_t pending_zeros() const noexcept { return pending_zeros_; }
   std::uint64_t bits_read() const noexcept { return bit_; }
 
@@ -160,10 +176,14 @@ class WeightStream {
 inline const char* check_weight_encoding(const std::uint8_t* data, std::uint64_t len, std::uint64_t count) noexcept {
   WeightCodecHeader h;
   if (const char* e = parse_weight_codec(data, len, h)) return e;
+  if (h.n != count) return "encoded weights: element count differs from the tensor's";
   WeightStream s(h);
   std::int8_t v = 0;
-  for (std::uint64_t i = 0; i < count; ++i)
+  for (std::uint64_t i = 0; i < count;) {
     if (!s.next(v)) return "encoded weights: the stream ends early or holds an invalid code";
+    ++i;
+    i += s.skip_zeros(count - i);
+  }
   if (s.pending_zeros() != 0) return "encoded weights: a zero run runs past the last element";
   const std::uint64_t used = s.bits_read();
   if ((used + 7) / 8 * 8 != h.stream_bits) return "encoded weights: bytes left over after the last element";
