@@ -7,8 +7,10 @@
 //
 // Stages run in a fixed order: structured (remove the fraction S of the
 // filters of every conv that has a consumer, lowest filter L1 first) ->
-// prune (unstructured magnitude pruning to sparsity S per layer: one-shot
-// before the fine-tuning, or with --prune-initial gradually during it) -> cluster
+// prune (unstructured magnitude pruning to sparsity S per layer, or with
+// --prune-scope global to one magnitude threshold over all layers so that
+// small, sensitive layers keep more weights; one-shot before the
+// fine-tuning, or with --prune-initial gradually during it) -> cluster
 // (k-means weight sharing, K centroids per layer) -> quantize (int8
 // post-training quantization into a micro blob). After each float stage the
 // model is fine-tuned for --finetune-epochs epochs with what the earlier
@@ -133,9 +135,10 @@ std::string stage_json(const StageReport& r) {
 /// after each pruning step, and the exact zeros of every prunable tensor of
 /// `m` (what the stage's store holds).
 std::string pruning_json(nn::Model<float>& m, double final_sparsity, const std::optional<cz::PolynomialSchedule>& sched,
-                         Index optimizer_steps, const std::vector<Index>& pruned_by_step) {
+                         Index optimizer_steps, const std::vector<Index>& pruned_by_step, cz::PruneScope scope) {
   std::ostringstream o;
-  o << "{\"schedule\":\"" << (sched ? "polynomial" : "one-shot") << "\",\"initial\":"
+  o << "{\"scope\":\"" << (scope == cz::PruneScope::global ? "global" : "layer") << "\",\"schedule\":\""
+    << (sched ? "polynomial" : "one-shot") << "\",\"initial\":"
     << (sched ? json_num(sched->initial) : std::string("null")) << ",\"final\":" << json_num(final_sparsity)
     << ",\"pruning_steps\":" << (sched ? sched->steps + 1 : 1) << ",\"every\":"
     << (sched ? std::to_string(sched->every) : std::string("null")) << ",\"optimizer_steps\":" << optimizer_steps
@@ -163,7 +166,7 @@ std::string pruning_json(nn::Model<float>& m, double final_sparsity, const std::
 int cmd_compress(int argc, char** argv) {
   const std::string cmd = "compress";
   Args a(cmd, argc, argv,
-         {"--model", "--prune", "--prune-initial", "--structured", "--cluster", "--quantize", "--distill", "--dataset",
+         {"--model", "--prune", "--prune-initial", "--prune-scope", "--structured", "--cluster", "--quantize", "--distill", "--dataset",
           "--data-dir", "--out", "--finetune-epochs", "--threads", "--train-limit", "--test-limit", "--calibration-limit",
           "--seed", "--lr", "--batch", "--temperature", "--alpha"},
          {"--json", "--no-progress"});
@@ -185,6 +188,11 @@ int cmd_compress(int argc, char** argv) {
   if (prune_initial && *prune_initial >= *prune)
     throw UsageError{"flag '--prune-initial': " + a.str("--prune-initial", "") + " must be below --prune " +
                      a.str("--prune", "")};
+  const std::string scope_name = a.str("--prune-scope", "layer");
+  if (scope_name != "layer" && scope_name != "global")
+    throw UsageError{"flag '--prune-scope': unknown scope '" + scope_name + "' (known: layer, global)"};
+  if (a.has("--prune-scope") && !prune) throw UsageError{"flag '--prune-scope' needs --prune S"};
+  const cz::PruneScope scope = scope_name == "global" ? cz::PruneScope::global : cz::PruneScope::per_layer;
   const std::optional<int> cluster =
       a.has("--cluster") ? std::optional<int>(static_cast<int>(a.integer("--cluster", 16, 2, 256))) : std::nullopt;
   const bool int8 = a.has("--quantize");
@@ -314,7 +322,7 @@ int cmd_compress(int argc, char** argv) {
     std::vector<Index> pruned_by_step;
     double loss = std::nan("");
     if (!prune_initial) {
-      mask = cz::magnitude_prune(model, *prune);
+      mask = cz::magnitude_prune(model, *prune, scope);
       pruned_by_step.push_back(mask.pruned());
       auto hooks = cz::mask_hooks(model, mask);
       loss = tune("prune", hooks.before_step, hooks.callbacks.on_batch);
@@ -325,7 +333,7 @@ int cmd_compress(int argc, char** argv) {
       sched->begin = 0;
       sched->every = std::max<Index>(1, batches / 10);
       sched->steps = (steps - 1) / sched->every;  // >= 1 since steps >= 2 and every <= max(1, steps - 1)
-      cz::GradualPruner<float> pruner(model, *sched);
+      cz::GradualPruner<float> pruner(model, *sched, scope);
       auto hooks = pruner.hooks();
       loss = tune("prune", hooks.before_step, [&](const nn::TrainProgress& p) {
         hooks.callbacks.on_batch(p);  // the optimizer step pruner.step() - 1 is done
@@ -338,11 +346,12 @@ int cmd_compress(int argc, char** argv) {
       mask = pruner.mask();
     }
     std::string detail = std::to_string(mask.pruned()) + " of " + std::to_string(mask.size()) + " params zero";
+    if (scope == cz::PruneScope::global) detail += " (global threshold)";
     if (sched)
       detail += ", gradual " + num(sched->initial) + " -> " + num(sched->final) + " in " +
                 std::to_string(sched->steps + 1) + " pruning steps every " + std::to_string(sched->every) +
                 " optimizer steps";
-    const std::string pj = pruning_json(model, *prune, sched, steps, pruned_by_step);
+    const std::string pj = pruning_json(model, *prune, sched, steps, pruned_by_step, scope);
     if (auto r = float_row("prune", detail, loss); !r) return fail(cmd, r.error().message);
     stages.back().pruning = pj;
   }

@@ -1981,6 +1981,18 @@ class CompressCli(CliTestCase):
         self.assertIsNone(o["initial"])
         self.assertEqual(o["pruned_after_each_pruning_step"], [g["zero_weights"]])
         self.assertEqual(o["layers"], g["layers"])
+        self.assertEqual(o["scope"], "layer")
+        # --prune-scope global: one threshold over all layers; the total is
+        # exactly round(0.6 n), spread unevenly (the 108-weight conv, whose
+        # weights are larger, keeps more of them than the dense layer)
+        gl = self.check_json(["compress", "--model", self.model, "--prune", "0.6", "--prune-scope", "global",
+                              "--finetune-epochs", "1", "--json", "--out", self.path("global.fdlz")] + self.LIMITS)
+        gp = gl["stages"][1]["pruning"]
+        self.assertEqual(gp["scope"], "global")
+        self.assertIn("(global threshold)", gl["stages"][1]["detail"])
+        self.assertEqual(gp["zero_weights"], zeros(0.6, gp["prunable_weights"]))
+        fractions = [l["zeros"] / l["weights"] for l in gp["layers"]]
+        self.assertGreater(max(fractions) - min(fractions), 0.05)
 
     def test_text_table(self):
         p = self.check_ok(["compress", "--model", self.model, "--cluster", "8", "--finetune-epochs", "0",
@@ -2016,6 +2028,8 @@ class CompressCli(CliTestCase):
             (["--model", self.model, "--prune", "0.5", "--prune-initial", "1"], 2, ["--prune-initial", "range"]),
             (["--model", self.model, "--prune", "0.5", "--prune-initial", "x"], 2, ["--prune-initial", "not a number"]),
             (["--model", self.model, "--cluster", "8", "--prune-initial", "0.1"], 2, ["--prune-initial", "needs --prune"]),
+            (["--model", self.model, "--prune", "0.5", "--prune-scope", "row"], 2, ["--prune-scope", "row"]),
+            (["--model", self.model, "--cluster", "8", "--prune-scope", "global"], 2, ["--prune-scope", "needs --prune"]),
             (["--model", self.model, "--prune", "0.5", "--prune-initial", "0.1", "--finetune-epochs", "0"], 2,
              ["--prune-initial", "--finetune-epochs is 0"]),
         ]
