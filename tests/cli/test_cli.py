@@ -1885,7 +1885,9 @@ class CompressCli(CliTestCase):
         ratios = [s["ratio"] for s in stages[1:3]]
         self.assertGreater(ratios[0], 1.0)
         self.assertGreater(ratios[1], ratios[0])
-        self.assertIn("2 filters encoded, 2 per-tensor scales", stages[3]["detail"])
+        # (the dense layer is encoded with one scale; the 108-weight conv keeps
+        # per-channel scales, and raw bytes, which are smaller than its encoding)
+        self.assertIn("1 filters encoded, 1 per-tensor scales", stages[3]["detail"])
         self.assertGreater(stages[3]["ratio"], 0.75 * ratios[1])
         self.assertGreater(stages[3]["ratio"], 8.0)
         self.assertIsNone(stages[2]["arena_bytes"])

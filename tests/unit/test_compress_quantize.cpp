@@ -324,17 +324,21 @@ TEST_CASE("quantize: encoded weights are lossless; clustered layers get one scal
     CHECK_FALSE(plain.ops[static_cast<std::size_t>(k)].encoded);
     CHECK(enc.ops[static_cast<std::size_t>(k)].encoded);
     CHECK_FALSE(enc.ops[static_cast<std::size_t>(k)].per_tensor);
-    CHECK(both.ops[static_cast<std::size_t>(k)].per_tensor);
-    // One scale: the tensor's max |w| / 127 for every channel.
-    for (float sc : both.ops[static_cast<std::size_t>(k)].weight_scales) CHECK(sc == 0.5f / 127.0f);
   }
+  // The dense layer (1,440 weights) gets one scale: the tensor's max |w| / 127
+  // for every channel. The conv (72 weights, below per_tensor_min_weights)
+  // keeps per-channel scales: one scale would save it 16 bytes.
+  CHECK(both.ops[2].per_tensor);
+  for (float sc : both.ops[2].weight_scales) CHECK(sc == 0.5f / 127.0f);
+  CHECK_FALSE(both.ops[0].per_tensor);
   // Per tensor: 8 levels stay 8 int8 values and no scale tables are stored,
   // so the blob shrinks further; the outputs stay close to float.
   CHECK(both.blob.size() < enc.blob.size());
   const Matrix<float> yf = float_forward(m, x), yq = run_int8(both, x);
   const double spread = yf.maxCoeff() - yf.minCoeff();
   CHECK((yq - yf).cwiseAbs().maxCoeff() < 0.05 * spread);
-  // Dense (unclustered) weights stay per channel even when asked.
+  // Dense (unclustered) weights stay per channel even when asked (1,280
+  // weights, nearly all distinct).
   Model dense = make(Shape{2, 8, 8}, [] {
     std::vector<nn::NodePtr<float>> d;
     d.push_back(std::make_unique<nn::Flatten<float>>());
@@ -350,7 +354,8 @@ TEST_CASE("quantize: encoded weights are lossless; clustered layers get one scal
   REQUIRE(dq.ok());
   CHECK_FALSE(dq->ops.back().per_tensor);
   // So does a small layer that was never clustered (108 weights, nearly all
-  // distinct: fewer than 256 values, but not 4 weights per value).
+  // distinct: fewer than 256 values, but not 4 weights per value, and below
+  // per_tensor_min_weights).
   Model small = make(Shape{1, 8, 8}, [] {
     std::vector<nn::NodePtr<float>> d;
     d.push_back(std::make_unique<nn::Conv2D<float>>(1, 12, 3, 1, 0, 1, 1, true));

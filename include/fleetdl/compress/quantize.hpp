@@ -394,12 +394,18 @@ inline ChannelQuantized quantize_per_channel(const float* w, Index channels, Ind
   return r;
 }
 
+/// Tensors smaller than this keep per-channel scales even when clustered:
+/// one scale would save them a few bytes and cost per-channel precision.
+inline constexpr Index per_tensor_min_weights = 1024;
+
 /// Does w[0..n) look clustered, and does one scale `s` keep its levels? True
-/// when it takes at most 256 distinct values, each shared by at least 4
-/// weights on average (a layer that was never clustered has nearly all values
-/// distinct), and round(v / s) maps the distinct non-zero values to distinct
-/// non-zero int8 levels (no two centroids merge, none becomes 0).
+/// when it has at least per_tensor_min_weights weights taking at most 256
+/// distinct values, each shared by at least 4 weights on average (a layer
+/// that was never clustered has nearly all values distinct), and round(v / s)
+/// maps the distinct non-zero values to distinct non-zero int8 levels (no two
+/// centroids merge, none becomes 0).
 inline bool clustered_levels_kept(const float* w, Index n, float s) {
+  if (n < per_tensor_min_weights) return false;
   std::vector<float> seen;
   for (Index i = 0; i < n; ++i) {
     if (std::find(seen.begin(), seen.end(), w[i]) != seen.end()) continue;
@@ -444,8 +450,8 @@ struct QuantizeOptions {
   /// scale for the whole tensor instead of one per channel, so its K shared
   /// values stay K int8 levels (which the encoding above then codes in about
   /// log2 K bits) and no per-channel scale table is stored. "Looks
-  /// clustered" is clustered_levels_kept(): at most 256 distinct values
-  /// (after BatchNorm folding), 4 weights per value on average, and one scale
+  /// clustered" is clustered_levels_kept(): at least 1,024 weights, at most
+  /// 256 distinct values (after BatchNorm folding), 4 per value on average, and one scale
   /// maps them to distinct non-zero levels; otherwise the layer stays per
   /// channel. Depthwise filters always stay per channel.
   bool per_tensor_clustered = false;
