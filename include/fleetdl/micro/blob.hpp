@@ -278,16 +278,10 @@ constexpr const char* describe(ErrorCode c) noexcept {
 }
 
 // ---------------------------------------------------------------------------
-// Little-endian loads from unaligned bytes (no aliasing, no alignment needs).
+// Little-endian loads from unaligned bytes (no aliasing, no alignment needs);
+// load_u16 and load_u32 are micro/weight_codec.hpp's.
 
 namespace detail {
-constexpr std::uint16_t load_u16(const std::uint8_t* p) noexcept {
-  return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
-}
-constexpr std::uint32_t load_u32(const std::uint8_t* p) noexcept {
-  return static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
-         (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
-}
 constexpr std::uint64_t load_u64(const std::uint8_t* p) noexcept {
   return static_cast<std::uint64_t>(load_u32(p)) | (static_cast<std::uint64_t>(load_u32(p + 4)) << 32);
 }

@@ -52,11 +52,13 @@ inline constexpr std::uint32_t kMaxZeroRun = 4096;
 inline constexpr std::uint32_t kMaxCodeBits = 15;
 inline constexpr std::size_t kCodecHeaderBytes = 12;
 
+// Little-endian loads from unaligned bytes (no aliasing, no alignment
+// needs), shared with micro/blob.hpp, which includes this header.
 namespace detail {
-constexpr std::uint16_t codec_u16(const std::uint8_t* p) noexcept {
+constexpr std::uint16_t load_u16(const std::uint8_t* p) noexcept {
   return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
 }
-constexpr std::uint32_t codec_u32(const std::uint8_t* p) noexcept {
+constexpr std::uint32_t load_u32(const std::uint8_t* p) noexcept {
   return static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
          (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24);
 }
@@ -76,11 +78,11 @@ struct WeightCodecHeader {
 // or a static message naming what is wrong.
 inline const char* parse_weight_codec(const std::uint8_t* data, std::uint64_t len, WeightCodecHeader& h) noexcept {
   if (len < kCodecHeaderBytes) return "encoded weights: shorter than the 12-byte codec header";
-  h.k = detail::codec_u16(data);
-  h.r = detail::codec_u16(data + 2);
+  h.k = detail::load_u16(data);
+  h.r = detail::load_u16(data + 2);
   h.max_len = data[4];
-  h.m = detail::codec_u16(data + 6);
-  h.n = detail::codec_u32(data + 8);
+  h.m = detail::load_u16(data + 6);
+  h.n = detail::load_u32(data + 8);
   if (data[5] != 0) return "encoded weights: reserved header byte is not 0";
   if (h.k > kMaxCodebook) return "encoded weights: codebook larger than 256 entries";
   if (h.r > kMaxZeroRun) return "encoded weights: zero run limit above 4096";
@@ -97,14 +99,14 @@ inline const char* parse_weight_codec(const std::uint8_t* data, std::uint64_t le
   std::uint64_t sum = 0;
   std::int64_t left = 1;  // Kraft: codes still available at the current length
   for (std::uint32_t b = 1; b <= h.max_len; ++b) {
-    const std::uint32_t c = detail::codec_u16(h.counts + 2 * (b - 1));
+    const std::uint32_t c = detail::load_u16(h.counts + 2 * (b - 1));
     sum += c;
     left = (left << 1) - static_cast<std::int64_t>(c);
     if (left < 0) return "encoded weights: code lengths are over-subscribed";
   }
   if (sum != h.m) return "encoded weights: code length counts do not add up to the coded symbol count";
   for (std::uint32_t i = 0; i < h.m; ++i)
-    if (detail::codec_u16(h.symbols + 2 * i) >= h.k + h.r) return "encoded weights: a coded symbol is outside the alphabet";
+    if (detail::load_u16(h.symbols + 2 * i) >= h.k + h.r) return "encoded weights: a coded symbol is outside the alphabet";
   for (std::uint32_t i = 0; i < h.k; ++i)
     if (h.codebook[i] == -128) return "encoded weights: codebook value -128 (weights are symmetric, [-127, 127])";
   return nullptr;
@@ -130,9 +132,9 @@ class WeightStream {
       if (bit_ >= h_.stream_bits) return false;
       code |= (h_.stream[bit_ >> 3] >> (7 - (bit_ & 7))) & 1;
       ++bit_;
-      const std::int64_t cnt = detail::codec_u16(h_.counts + 2 * (b - 1));
+      const std::int64_t cnt = detail::load_u16(h_.counts + 2 * (b - 1));
       if (code - first < cnt) {
-        const std::uint32_t s = detail::codec_u16(h_.symbols + 2 * static_cast<std::size_t>(index + code - first));
+        const std::uint32_t s = detail::load_u16(h_.symbols + 2 * static_cast<std::size_t>(index + code - first));
         if (s < h_.k) {
           out = h_.codebook[s];
         } else {
