@@ -12,7 +12,10 @@
 // small, sensitive layers keep more weights; one-shot before the
 // fine-tuning, or with --prune-initial gradually during it) -> cluster
 // (k-means weight sharing, K centroids per layer) -> quantize (int8
-// post-training quantization into a micro blob). After each float stage the
+// post-training quantization into a micro blob; after prune or cluster its
+// filters are zero-run Huffman coded and clustered ones get one scale, or
+// stay raw with --raw-weights: a larger blob, one decode row less arena and
+// no decoding at each invoke). After each float stage the
 // model is fine-tuned for --finetune-epochs epochs with what the earlier
 // stages fixed kept fixed: pruned weights stay zero (mask hooks) and
 // clustered weights move only through their centroids (ClusterFineTuner,
@@ -169,7 +172,7 @@ int cmd_compress(int argc, char** argv) {
          {"--model", "--prune", "--prune-initial", "--prune-scope", "--structured", "--cluster", "--quantize", "--distill", "--dataset",
           "--data-dir", "--out", "--finetune-epochs", "--threads", "--train-limit", "--test-limit", "--calibration-limit",
           "--seed", "--lr", "--batch", "--temperature", "--alpha"},
-         {"--json", "--no-progress"});
+         {"--json", "--no-progress", "--raw-weights"});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
   if (!a.has("--model")) throw UsageError{"flag '--model' is required (the float model, .fdl)"};
   if (!a.has("--out")) throw UsageError{"flag '--out' is required (where to write the compressed model)"};
@@ -198,6 +201,8 @@ int cmd_compress(int argc, char** argv) {
   const bool int8 = a.has("--quantize");
   if (int8 && a.str("--quantize", "") != "int8")
     throw UsageError{"flag '--quantize': unknown format '" + a.str("--quantize", "") + "' (known: int8)"};
+  const bool raw_weights = a.has("--raw-weights");
+  if (raw_weights && !int8) throw UsageError{"flag '--raw-weights' applies to the int8 blob: it needs --quantize int8"};
   if (!structured && !prune && !cluster && !int8)
     throw UsageError{"nothing to do: give at least one of --structured, --prune, --cluster, --quantize"};
   FinetuneSetup ft;
@@ -375,7 +380,7 @@ int cmd_compress(int argc, char** argv) {
     // gets one scale per tensor so its K values stay K int8 levels; the
     // stored size is then what the earlier stages really saved.
     cz::QuantizeOptions qo;
-    qo.encode_weights = prune.has_value() || cluster.has_value();
+    qo.encode_weights = (prune.has_value() || cluster.has_value()) && !raw_weights;
     qo.per_tensor_clustered = cluster.has_value();
     auto q = cz::quantize_model(model, *cal, qo);
     if (!q) return fail(cmd, q.error().message);

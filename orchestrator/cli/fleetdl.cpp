@@ -101,7 +101,7 @@ constexpr const char* kUsage =
     "compress options: --model M.fdl --out FILE (.fdlz store; the micro blob with --quantize int8)\n"
     "              [--structured S] [--prune S [--prune-initial S0 (gradual, S0 < S)] [--prune-scope layer|global]]\n"
     "              (fractions in [0, 1); scope: S per layer (default) or one threshold over all layers)\n"
-    "              [--cluster K (2..256)] [--quantize int8]\n"
+    "              [--cluster K (2..256)] [--quantize int8 [--raw-weights (no encoded filters)]]\n"
     "              [--distill T.fdl --temperature T (4) --alpha X (0.9)] --finetune-epochs E (1) --lr X (0.001)\n"
     "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
     "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n";

@@ -1898,6 +1898,17 @@ class CompressCli(CliTestCase):
         self.assertEqual(r["out_bytes"], stages[3]["stored_bytes"])
         p = self.check_ok(["export-header", "--blob", out, "--out", self.path("cnn1.h")])
         self.assertIn("arena %d bytes" % stages[3]["arena_bytes"], p.stdout)
+        # --raw-weights: the same stages, raw int8 filters: a larger blob, an
+        # arena one decode row (the dense layer's 2,028 weights) smaller, and
+        # the same predictions (the encoding is lossless; the per-tensor scale
+        # stays, it comes from the clustering)
+        raw = self.check_json(["compress", "--model", self.model, "--prune", "0.5", "--cluster", "16", "--quantize",
+                               "int8", "--raw-weights", "--finetune-epochs", "1", "--json", "--out",
+                               self.path("raw.bin")] + self.LIMITS)["stages"][3]
+        self.assertNotIn("encoded", raw["detail"])
+        self.assertGreater(raw["stored_bytes"], stages[3]["stored_bytes"] + 10000)
+        self.assertEqual(raw["arena_bytes"], stages[3]["arena_bytes"] - 2032)
+        self.assertEqual(raw["accuracy"], stages[3]["accuracy"])
         # fleetdl eval runs the blob through the micro runtime: the same
         # accuracy as compress measured, and the arena the planner gave
         ev = self.check_json(["eval", out, "--test-limit", self.LIMITS[self.LIMITS.index("--test-limit") + 1], "--json"])
@@ -2031,6 +2042,7 @@ class CompressCli(CliTestCase):
             (["--model", self.model, "--prune", "0.5", "--prune-initial", "x"], 2, ["--prune-initial", "not a number"]),
             (["--model", self.model, "--cluster", "8", "--prune-initial", "0.1"], 2, ["--prune-initial", "needs --prune"]),
             (["--model", self.model, "--prune", "0.5", "--prune-scope", "row"], 2, ["--prune-scope", "row"]),
+            (["--model", self.model, "--prune", "0.5", "--raw-weights"], 2, ["--raw-weights", "--quantize int8"]),
             (["--model", self.model, "--cluster", "8", "--prune-scope", "global"], 2, ["--prune-scope", "needs --prune"]),
             (["--model", self.model, "--prune", "0.5", "--prune-initial", "0.1", "--finetune-epochs", "0"], 2,
              ["--prune-initial", "--finetune-epochs is 0"]),
