@@ -567,8 +567,12 @@ std::vector<std::vector<Index>> random_assignment(Index filters, Index n, std::u
 
 std::string int_list(const std::vector<Index>& v) {
   std::string s = "[";
-  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
-  return s + "]";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
+  s += ']';
+  return s;
 }
 
 std::string cost_json(const StudentCost& c) {
@@ -700,7 +704,8 @@ int cmd_partition(int argc, char** argv) {
     std::string lists = "[";
     for (std::size_t i = 0; i < assignment.size(); ++i) {
       sizes.push_back(static_cast<Index>(assignment[i].size()));
-      lists += (i ? "," : "") + int_list(assignment[i]);
+      if (i) lists += ',';
+      lists += int_list(assignment[i]);
     }
     partition_json = "{\"format\":\"fleetdl.nonn_partition\",\"version\":1,\"mode\":\"random\",\"filters\":" +
                      std::to_string(filters) + ",\"students\":" + std::to_string(n) + ",\"seed\":" + std::to_string(seed) +
