@@ -299,7 +299,7 @@ inline InvokeResult Interpreter::run(std::uint32_t i) noexcept {
       const bool encoded = f.is_encoded();
       if (encoded) {
         WeightCodecHeader h;
-        if (parse_weight_codec(view_.data(f), f.data_length, h) != nullptr || scratch_ == nullptr)
+        if (!view_weight_codec(view_.data(f), f.data_length, h) || scratch_ == nullptr)
           return InvokeResult{ErrorCode::kernel_failed, "encoded filter header invalid (cannot happen after verify)", i};
         stream = WeightStream(h);
       }

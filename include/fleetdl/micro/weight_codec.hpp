@@ -76,26 +76,49 @@ struct WeightCodecHeader {
 
 // Parse and check the header (not the stream). Returns nullptr on success,
 // or a static message naming what is wrong.
+namespace detail {
+// The header fields (len >= kCodecHeaderBytes).
+inline void read_codec_fields(const std::uint8_t* data, WeightCodecHeader& h) noexcept {
+  h.k = load_u16(data);
+  h.r = load_u16(data + 2);
+  h.max_len = data[4];
+  h.m = load_u16(data + 6);
+  h.n = load_u32(data + 8);
+}
+// Table and stream pointers; false if the tables do not fit in len.
+inline bool codec_pointers(const std::uint8_t* data, std::uint64_t len, WeightCodecHeader& h) noexcept {
+  const std::uint64_t tables = kCodecHeaderBytes + 2ull * h.max_len + 2ull * h.m + h.k;
+  if (tables > len) return false;
+  h.counts = data + kCodecHeaderBytes;
+  h.symbols = h.counts + 2 * h.max_len;
+  h.codebook = reinterpret_cast<const std::int8_t*>(h.symbols + 2 * h.m);
+  h.stream = data + tables;
+  h.stream_bits = (len - tables) * 8;
+  return true;
+}
+}  // namespace detail
+
+// The header of an encoding parse_weight_codec() has already accepted (the
+// interpreter's per-invoke path): fields and pointers only, no validation
+// loops. Still refuses data too short for its tables, and WeightStream checks
+// every bit it reads, so even unverified bytes cannot make it read out of bounds.
+inline bool view_weight_codec(const std::uint8_t* data, std::uint64_t len, WeightCodecHeader& h) noexcept {
+  if (len < kCodecHeaderBytes) return false;
+  detail::read_codec_fields(data, h);
+  if (h.max_len > kMaxCodeBits) return false;
+  return detail::codec_pointers(data, len, h);
+}
+
 inline const char* parse_weight_codec(const std::uint8_t* data, std::uint64_t len, WeightCodecHeader& h) noexcept {
   if (len < kCodecHeaderBytes) return "encoded weights: shorter than the 12-byte codec header";
-  h.k = detail::load_u16(data);
-  h.r = detail::load_u16(data + 2);
-  h.max_len = data[4];
-  h.m = detail::load_u16(data + 6);
-  h.n = detail::load_u32(data + 8);
+  detail::read_codec_fields(data, h);
   if (data[5] != 0) return "encoded weights: reserved header byte is not 0";
   if (h.k > kMaxCodebook) return "encoded weights: codebook larger than 256 entries";
   if (h.r > kMaxZeroRun) return "encoded weights: zero run limit above 4096";
   if (h.k + h.r < 1) return "encoded weights: empty alphabet (no codebook and no runs)";
   if (h.max_len < 1 || h.max_len > kMaxCodeBits) return "encoded weights: longest code length must be 1..15";
   if (h.m < 1 || h.m > h.k + h.r) return "encoded weights: coded symbol count must be 1..k+r";
-  const std::uint64_t tables = kCodecHeaderBytes + 2ull * h.max_len + 2ull * h.m + h.k;
-  if (tables > len) return "encoded weights: code tables run past the data";
-  h.counts = data + kCodecHeaderBytes;
-  h.symbols = h.counts + 2 * h.max_len;
-  h.codebook = reinterpret_cast<const std::int8_t*>(h.symbols + 2 * h.m);
-  h.stream = data + tables;
-  h.stream_bits = (len - tables) * 8;
+  if (!detail::codec_pointers(data, len, h)) return "encoded weights: code tables run past the data";
   std::uint64_t sum = 0;
   std::int64_t left = 1;  // Kraft: codes still available at the current length
   for (std::uint32_t b = 1; b <= h.max_len; ++b) {
