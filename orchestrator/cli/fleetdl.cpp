@@ -92,6 +92,7 @@ constexpr const char* kUsage =
     "partition nonn options: --teacher T.fdl --students N --out DIR (required; DIR must not exist)\n"
     "              --mode reference|balanced|random (default reference) --dataset NAME --data-dir DIR\n"
     "              --epochs E (10) --batch B (64) --optimizer sgd|adam --lr X (0.01 sgd, 0.001 adam)\n"
+    "              --schedule constant|cosine (constant)\n"
     "              --alpha X (0.9) --temperature T (4) --beta X (1e4) --gamma X (Louvain, 0.7)\n"
     "              --top-k K (C/5) --percentile P (99) --width W (16) --blocks B (2) --seed S\n"
     "              --threads T --train-limit N --test-limit N --allow-shrink --json --no-progress\n"

@@ -598,7 +598,7 @@ int cmd_partition(int argc, char** argv) {
     throw UsageError{argc < 1 ? "missing method (known: nonn)" : "unknown method '" + std::string(argv[0]) + "' (known: nonn)"};
   Args a(cmd, argc - 1, argv + 1,
          {"--teacher", "--students", "--mode", "--dataset", "--data-dir", "--out", "--epochs", "--batch", "--lr",
-          "--optimizer", "--alpha", "--temperature", "--beta", "--gamma", "--top-k", "--percentile", "--width",
+          "--optimizer", "--schedule", "--alpha", "--temperature", "--beta", "--gamma", "--top-k", "--percentile", "--width",
           "--blocks", "--seed", "--threads", "--train-limit", "--test-limit"},
          {"--json", "--allow-shrink", "--no-progress"});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
@@ -612,6 +612,9 @@ int cmd_partition(int argc, char** argv) {
     throw UsageError{"flag '--mode': unknown mode '" + mode + "' (known: reference, balanced, random)"};
   const std::string opt_name = a.str("--optimizer", "sgd");
   if (opt_name != "sgd" && opt_name != "adam") throw UsageError{"flag '--optimizer': unknown optimizer '" + opt_name + "' (known: sgd, adam)"};
+  const std::string schedule = a.str("--schedule", "constant");
+  if (schedule != "constant" && schedule != "cosine")
+    throw UsageError{"flag '--schedule': unknown schedule '" + schedule + "' (known: constant, cosine)"};
   partition::NonnTrainOptions to;
   to.epochs = static_cast<int>(a.integer("--epochs", 10, 1, 100000));
   to.batch = static_cast<Index>(a.integer("--batch", 64, 1, 1 << 16));
@@ -623,6 +626,7 @@ int cmd_partition(int argc, char** argv) {
   const double lr = a.number("--lr", opt_name == "adam" ? 0.001 : 0.01, 1e-12, 10.0);
   to.sgd.lr = lr;
   to.adam.lr = lr;
+  if (schedule == "cosine") to.schedule = nn::LrSchedule::cosine(to.epochs);
   to.loss.alpha = a.number("--alpha", 0.9, 0.0, 1.0);
   to.loss.temperature = a.number("--temperature", 4.0, 1e-3, 1e3);
   to.loss.beta = a.number("--beta", 1e4, 0.0, 1e9);
@@ -774,7 +778,7 @@ int cmd_partition(int argc, char** argv) {
     << "\",\"filters\":" << filters << ",\"test_accuracy\":" << json_num(teacher_acc) << ",\"cost\":" << cost_json(tcost)
     << "},\"test_accuracy\":" << json_num(student_acc) << ",\"test_images\":" << test->size()
     << ",\"training\":{\"epochs\":" << to.epochs << ",\"batch\":" << to.batch << ",\"optimizer\":\"" << opt_name
-    << "\",\"lr\":" << json_num(lr) << ",\"alpha\":" << json_num(to.loss.alpha) << ",\"temperature\":"
+    << "\",\"schedule\":\"" << schedule << "\",\"lr\":" << json_num(lr) << ",\"alpha\":" << json_num(to.loss.alpha) << ",\"temperature\":"
     << json_num(to.loss.temperature) << ",\"beta\":" << json_num(to.loss.beta) << ",\"seed\":" << seed
     << ",\"train_images\":" << train->size() << ",\"validation_images\":" << val << ",\"width\":" << spec.width
     << ",\"blocks\":" << spec.blocks << ",\"final_loss\":" << json_num(last.loss) << ",\"seconds\":" << json_num(rep->seconds)

@@ -1581,7 +1581,7 @@ class NonnCli(CliTestCase):
             if p.returncode != 0:
                 raise AssertionError("teacher training failed:" + describe(args, p))
         args = ["partition", "nonn", "--teacher", cls.teacher, "--students", "3", "--mode", "balanced", "--epochs", "1",
-                "--threads", "2", "--out", cls.mods, "--json", "--no-progress"] + cls.LIMITS
+                "--schedule", "cosine", "--threads", "2", "--out", cls.mods, "--json", "--no-progress"] + cls.LIMITS
         cls.partition_run = run(args)
         cls.partition_args = args
 
@@ -1611,6 +1611,7 @@ class NonnCli(CliTestCase):
             self.assertEqual(s["cost"]["bytes_sent_per_image"], 4 * s["features"])
             self.assertLess(s["cost"]["params"] * 10, m["teacher"]["cost"]["params"])
         self.assertEqual(m["training"]["validation_images"], 60)
+        self.assertEqual(m["training"]["schedule"], "cosine")
         self.assertEqual(m["test_images"], 200)
 
     def test_infer_matches_unified(self):
@@ -1692,6 +1693,8 @@ class NonnCli(CliTestCase):
         base = ["partition", "nonn", "--teacher", self.teacher, "--out", self.path("m")]
         self.check_error(base + ["--students", "2", "--mode", "louvain"], 2, "partition nonn", ["unknown mode 'louvain'"])
         self.check_error(base + ["--students", "0"], 2, "partition nonn", ["--students", "out of range"])
+        self.check_error(base + ["--students", "2", "--schedule", "step"], 2, "partition nonn",
+                         ["--schedule", "unknown schedule 'step'"])
         self.check_error(base, 2, "partition nonn", ["--students N is required"])
         self.check_error(["partition", "split"], 2, "partition", ["unknown method 'split'"])
 
