@@ -1,5 +1,5 @@
 // fleetdl/fleetdl.hpp — the whole library: core, nn, data, io, fl, sim,
-// partition, micro, compress. Later areas (wire) join here as they land.
+// partition, micro, compress, wire.
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -11,3 +11,4 @@
 #include "fleetdl/partition.hpp"
 #include "fleetdl/micro.hpp"
 #include "fleetdl/compress.hpp"
+#include "fleetdl/wire.hpp"

@@ -1,12 +1,15 @@
 // tests/noexcept/main.cpp — the core library builds and works with exceptions
 // off (-fno-exceptions, as on Cortex-M firmware): every failure comes back as
 // a Result<T>. Covers core, nn (build, init, train step, slice, costs), io
-// (encode, decode, reject bad bytes) and data (IDX parsing, partitioners).
+// (encode, decode, reject bad bytes), data (IDX parsing, partitioners) and
+// wire (frames and messages encoded, streamed, decoded and refused).
 #include <fleetdl/core.hpp>
 #include <fleetdl/data.hpp>
 #include <fleetdl/io.hpp>
 #include <fleetdl/nn.hpp>
+#include <fleetdl/wire.hpp>
 
+#include <algorithm>
 #include <cstdio>
 
 #if FLEETDL_EXCEPTIONS
@@ -101,6 +104,54 @@ int main() {
   check(parts.ok() && parts->size() == 4, "partition_iid");
   auto no_clients = data::partition_iid(100, 0, 9);
   check(!no_clients.ok(), "zero clients rejected");
+
+  // wire: a message into a frame (vector and caller buffer), streamed byte by
+  // byte through the no-heap decoder, decoded; bad bytes refused by reason.
+  {
+    wire::Update up;
+    up.example_count = 60;
+    up.codec = wire::CodecId::raw_f32;
+    up.delta = {0, 0, 128, 63};
+    up.loss = 0.5;
+    up.accuracy = 0.75;
+    const wire::Binding bind{7, 2, 3, 11};
+    auto frame = wire::encode_message(up, bind);
+    check(frame.ok(), "wire: encode_message");
+    std::uint8_t out[256];
+    auto n = wire::encode_message_into(out, up, bind);
+    check(n.ok() && frame.ok() && *n == frame->size() && std::equal(frame->begin(), frame->end(), out),
+          "wire: encode_message_into gives the same bytes");
+    std::uint8_t buf[256];
+    wire::FrameDecoder dec(buf);
+    int frames = 0;
+    if (frame.ok()) {
+      for (std::size_t i = 0; i < frame->size(); ++i) {
+        const auto r = dec.feed(std::span<const std::uint8_t>(frame->data() + i, 1));
+        if (r.status == wire::FeedStatus::frame) {
+          ++frames;
+          check(r.frame.header.binding == bind, "wire: binding");
+          auto m = wire::decode_message(r.frame);
+          check(m.ok() && std::holds_alternative<wire::Update>(*m) && std::get<wire::Update>(*m) == up,
+                "wire: decode_message round trip");
+        }
+      }
+    }
+    check(frames == 1 && dec.finish().ok(), "wire: one frame, clean end");
+    wire::ReplayGuard guard;
+    wire::FrameHeader h{wire::MessageType::update, 0, bind};
+    check(guard.accept(h).ok() && guard.accept(h).reason == wire::CloseReason::replay, "wire: replay refused");
+    if (frame.ok()) {
+      auto bad = *frame;
+      bad[wire::layout::kVersion] = 9;
+      wire::FrameDecoder dec2(buf);
+      const auto r = dec2.feed(bad);
+      check(r.status == wire::FeedStatus::closed && r.reason == wire::CloseReason::bad_version, "wire: bad version");
+      auto trailing = std::vector<std::uint8_t>(frame->begin() + wire::kHeaderBytes, frame->end() - wire::kCrcBytes);
+      trailing.push_back(0);
+      auto m = wire::Update::decode(trailing);
+      check(!m.ok() && m.error().message == "update: 1 trailing bytes after the last field", "wire: trailing bytes");
+    }
+  }
 
   if (failures == 0) std::printf("noexcept: all checks passed\n");
   return failures == 0 ? 0 : 1;
