@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fleetdl/fl/strategy.hpp"
+#include "fleetdl/fl/client.hpp"
 #include "fleetdl/fl/fedavg.hpp"
 #include "fleetdl/fl/fedprox.hpp"
 #include "fleetdl/fl/fedopt.hpp"

@@ -15,6 +15,7 @@
 //   C: y = [1, 0, 1],  n = 1
 // so the example-weighted average is ([2,2,0] + 2[0,4,-2] + [1,0,1]) / 4
 // = [3, 10, -3] / 4 = [0.75, 2.5, -0.75].
+#include "fleetdl/fl/client.hpp"
 #include "fleetdl/fl/fedavg.hpp"
 #include "fleetdl/fl/fedbuff.hpp"
 #include "fleetdl/fl/fednova.hpp"
@@ -24,6 +25,8 @@
 #include "fleetdl/fl/qfedavg.hpp"
 #include "fleetdl/fl/scaffold.hpp"
 #include "fleetdl/nn/optim.hpp"
+#include "fleetdl/nn/train.hpp"
+#include "fleetdl/nn/zoo.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -34,6 +37,7 @@
 #include <limits>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -1162,4 +1166,146 @@ TEST_CASE("configure: deterministic for a seed, respects fraction and minimum cl
   CHECK(def.configure(1, avail, r1).size() == 10);
   const std::vector<Index> one{7};
   CHECK(def.configure(1, one, r1).empty());  // min_available_clients = 2
+}
+
+// --------------------------------------------------------------------------
+// The client half (fl/client.hpp): what the simulator and the device agent
+// both run. A synthetic 4-class problem on 1x8x8 images, lenet300_100.
+
+namespace {
+
+fleetdl::data::Dataset<float> synthetic_local(Index n, std::uint64_t seed) {
+  fleetdl::data::Dataset<float> d;
+  d.shape = Shape{1, 8, 8};
+  d.classes = 4;
+  d.images.resize(64, n);
+  d.labels.resize(static_cast<std::size_t>(n));
+  Rng r(seed);
+  for (Index i = 0; i < n; ++i) {
+    const auto y = static_cast<std::uint8_t>(r.below(4));
+    d.labels[static_cast<std::size_t>(i)] = y;
+    for (Index p = 0; p < 64; ++p)
+      d.images(p, i) = static_cast<float>(0.3 * r.normal() + (p / 16 == y ? 1.0 : 0.0));
+  }
+  return d;
+}
+
+nn::Model<float> client_model() {
+  auto m = nn::make_model<float>("lenet300_100", Shape{1, 8, 8}, 4);
+  REQUIRE(m);
+  m->init(11);
+  return std::move(*m);
+}
+
+}  // namespace
+
+TEST_CASE("train_local: plain SGD is nn::train_classifier; steps, examples, loss", "[fl][client]") {
+  const auto local = synthetic_local(50, 5);
+  fl::ClientInstruction ins;
+  ins.client = 7;
+  ins.config.lr = 0.05;
+  ins.config.momentum = 0.9;
+  ins.config.epochs = 2;
+  ins.config.batch = 16;
+  fl::LocalTrainOptions<float> o;
+  o.seed = 99;
+  o.loss_before = true;
+  auto m = client_model();
+  const Vector<float> start = m.params();
+  auto r = fl::train_local(m, local, ins, o);
+  REQUIRE(r);
+
+  // the same training by hand
+  auto ref = client_model();
+  const double loss0 = nn::evaluate(ref, local.images, local.labels, 1000).loss;
+  nn::SgdOptions so;
+  so.lr = 0.05;
+  so.momentum = 0.9;
+  nn::Sgd<float> opt(so);
+  nn::TrainOptions to;
+  to.epochs = 2;
+  to.batch = 16;
+  to.seed = 99;
+  const auto rep = nn::train_classifier(ref, opt, local.images, local.labels, to);
+  CHECK(r->update.params == ref.params());  // bit for bit
+  CHECK(m.params() == ref.params());
+  CHECK(r->update.params != start);
+  CHECK(r->update.client == 7);
+  CHECK(r->update.num_examples == 50);
+  CHECK(r->update.local_steps == 4 * 2);  // ceil(50 / 16) batches, 2 epochs
+  CHECK(r->update.loss_before == loss0);
+  CHECK(r->last_loss == rep.epochs.back().loss);
+  CHECK(r->update.control_delta.size() == 0);
+}
+
+TEST_CASE("train_local: FedProx keeps the model nearer the global one; SCAFFOLD returns delta c_i", "[fl][client]") {
+  const auto local = synthetic_local(40, 6);
+  fl::ClientInstruction ins;
+  ins.config.lr = 0.1;
+  ins.config.epochs = 3;
+  ins.config.batch = 8;
+  fl::LocalTrainOptions<float> o;
+  auto plain = client_model();
+  const Vector<float> global = plain.params();
+  auto rp = fl::train_local(plain, local, ins, o);
+  REQUIRE(rp);
+  ins.config.prox_mu = 5.0;
+  auto prox = client_model();
+  auto rx = fl::train_local(prox, local, ins, o);
+  REQUIRE(rx);
+  CHECK((rx->update.params - global).norm() < 0.8 * (rp->update.params - global).norm());
+
+  ins.config.prox_mu = 0.0;
+  ins.config.scaffold = true;
+  fl::ScaffoldClientState<float> st;
+  const Vector<float> c = Vector<float>::Constant(global.size(), 0.01f);
+  o.scaffold = &st;
+  o.server_c = std::span<const float>(c.data(), static_cast<std::size_t>(c.size()));
+  auto sm = client_model();
+  auto rs = fl::train_local(sm, local, ins, o);
+  REQUIRE(rs);
+  REQUIRE(rs->update.control_delta.size() == global.size());
+  // option II: c_i+ = (x - y) / (K lr) - c + c_i with c_i = 0, delta = c_i+ - 0
+  const Vector<double> expect = ((global - rs->update.params).cast<double>() / (rs->update.local_steps * 0.1)) -
+                                c.cast<double>();
+  CHECK((rs->update.control_delta.cast<double>() - expect).cwiseAbs().maxCoeff() < 1e-4);
+  CHECK(st.control().size() == global.size());
+  CHECK(rs->update.params != rp->update.params);  // the correction changed the path
+}
+
+TEST_CASE("train_local: a bad config is an error and trains nothing", "[fl][client]") {
+  const auto local = synthetic_local(20, 7);
+  struct Row {
+    const char* what;
+    double lr;
+    int epochs;
+    Index batch;
+    bool scaffold;
+    const char* needle;
+  };
+  const Row rows[] = {
+      {"zero lr", 0.0, 1, 8, false, "learning rate"},
+      {"NaN lr", std::nan(""), 1, 8, false, "learning rate"},
+      {"infinite lr", std::numeric_limits<double>::infinity(), 1, 8, false, "learning rate"},
+      {"zero epochs", 0.1, 0, 8, false, "epochs and batch"},
+      {"zero batch", 0.1, 1, 0, false, "epochs and batch"},
+      {"SCAFFOLD without state", 0.1, 1, 8, true, "no client control state"},
+  };
+  for (const auto& row : rows) {
+    SECTION(row.what) {
+      fl::ClientInstruction ins;
+      ins.client = 3;
+      ins.config.lr = row.lr;
+      ins.config.epochs = row.epochs;
+      ins.config.batch = row.batch;
+      ins.config.scaffold = row.scaffold;
+      auto m = client_model();
+      const Vector<float> before = m.params();
+      auto r = fl::train_local(m, local, ins, fl::LocalTrainOptions<float>{});
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == Errc::invalid_argument);
+      CHECK_THAT(r.error().message, Catch::Contains("client 3") && Catch::Contains(row.needle));
+      CHECK(m.params() == before);
+    }
+  }
 }

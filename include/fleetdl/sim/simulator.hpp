@@ -55,6 +55,7 @@
 #include "fleetdl/core/tensor.hpp"
 #include "fleetdl/data/dataset.hpp"
 #include "fleetdl/data/partition.hpp"
+#include "fleetdl/fl/client.hpp"
 #include "fleetdl/fl/codec.hpp"
 #include "fleetdl/fl/dp.hpp"
 #include "fleetdl/fl/fedprox.hpp"
@@ -838,63 +839,23 @@ public:
     // what this client starts from: the global model, or its sub-model's share
     const Vector<S> global = m.params();
 
-    fl::ClientUpdate<S> u;
-    u.client = c;
-    u.num_examples = local.size();
-    u.base_round = r - 1;
-    u.width = cfg.width;
-    if (bundle_.needs_loss_before) u.loss_before = nn::evaluate(m, local.images, local.labels, opt_.eval_batch, inner).loss;
-
-    if (!(cfg.lr > 0.0) || !std::isfinite(cfg.lr))
-      return make_error(Errc::invalid_argument, "client " + std::to_string(c) + ": learning rate must be > 0");
-    if (cfg.epochs < 1 || cfg.batch < 1)
-      return make_error(Errc::invalid_argument, "client " + std::to_string(c) + ": epochs and batch must be >= 1");
-    nn::SgdOptions so;
-    so.lr = cfg.lr;
-    so.momentum = cfg.momentum;
-    so.weight_decay = cfg.weight_decay;
-    nn::Sgd<S> opt(so);
-    nn::TrainOptions to;
-    to.epochs = cfg.epochs;
-    to.batch = cfg.batch;
-    to.seed = crng.next_u64();
-
-    if (cfg.scaffold && bundle_.scaffold) {
+    fl::LocalTrainOptions<S> lo;
+    lo.seed = crng.next_u64();
+    lo.loss_before = bundle_.needs_loss_before;
+    lo.eval_batch = opt_.eval_batch;
+    fl::ClientInstruction ins_here = ins;
+    ins_here.config.scaffold = cfg.scaffold && bundle_.scaffold;  // no SCAFFOLD in the chain: plain SGD
+    if (ins_here.config.scaffold) {
       st.has_scaffold = true;
       st.scaffold = scaffold_[static_cast<std::size_t>(c)];
+      lo.scaffold = &st.scaffold;
+      lo.server_c = std::span<const S>(server_c.data(), static_cast<std::size_t>(server_c.size()));
     }
-    Error hook_error;
-    const ConstVectorMap<S> gmap(global.data(), global.size());
-    const ConstVectorMap<S> cmap(server_c.data(), server_c.size());
-    Vector<S> correction;
-    std::function<void(nn::Model<S>&)> hook;
-    if (cfg.prox_mu > 0.0 || st.has_scaffold)
-      hook = [&](nn::Model<S>& mm) {
-        if (cfg.prox_mu > 0.0) {
-          auto e = fl::add_proximal_gradient<S>(mm.grads(), std::as_const(mm).params(), gmap, cfg.prox_mu);
-          if (!e && hook_error.code == Errc::ok) hook_error = std::move(e).error();
-        }
-        if (st.has_scaffold) {
-          // p <- p - lr (c - c_i), next to the optimizer step and outside its
-          // momentum buffer (see the file comment)
-          correction.setZero(mm.param_count());
-          auto e = st.scaffold.correct(VectorMap<S>(correction.data(), correction.size()), cmap);
-          if (!e && hook_error.code == Errc::ok) hook_error = std::move(e).error();
-          if (e) mm.params() -= static_cast<S>(cfg.lr) * correction;
-        }
-      };
-    const auto rep = nn::train_classifier(m, opt, local.images, local.labels, to, inner, {}, hook);
-    if (hook_error.code != Errc::ok) return hook_error;
-    const Index batches = (local.size() + cfg.batch - 1) / cfg.batch;
-    u.local_steps = batches * cfg.epochs;
-    u.params = m.params();
-    const double last_loss = rep.epochs.empty() ? 0.0 : rep.epochs.back().loss;
-
-    if (st.has_scaffold) {
-      auto dc = st.scaffold.update(gmap, ConstVectorMap<S>(u.params.data(), u.params.size()), cmap, u.local_steps, cfg.lr);
-      if (!dc) return std::move(dc).error();
-      u.control_delta = std::move(*dc);
-    }
+    auto trained = fl::train_local(m, local, ins_here, lo, inner);
+    if (!trained) return std::move(trained).error();
+    fl::ClientUpdate<S> u = std::move(trained->update);
+    u.base_round = r - 1;
+    const double last_loss = trained->last_loss;
 
     // Byzantine behaviour replaces what is sent
     if (bad && opt_.attack.kind == AttackKind::sign_flip) {
