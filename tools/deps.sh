@@ -22,8 +22,9 @@ packages=(
   libgemmlowp-dev        # unit tests: int8 softmax and fixed-point checks against gemmlowp itself
   clang                  # the libFuzzer harnesses of the 'fuzz' suite (tests/fuzz/)
   libclang-rt-14-dev     # libFuzzer and the sanitizer runtimes for clang 14
-  libsqlite3-dev         # the orchestrator's record (planned parts)
-  libasio-dev            # device <-> orchestrator transport (planned parts)
+  libsqlite3-dev         # the orchestrator's record (orchestrator/core)
+  libasio-dev            # device <-> orchestrator transport (orchestrator/core, device agent)
+  libssl-dev             # mutual TLS 1.3 and the fleet CA (orchestrator/core)
   cmake                  # CMake consumer test of the installed package
   dataset-fashion-mnist  # the main job's data set (/usr/share/datasets/fashion-mnist)
 )
