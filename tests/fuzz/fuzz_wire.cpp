@@ -42,6 +42,7 @@ w::Limits fuzz_limits() {
   l.max_pem_bytes = 1024;
   l.max_metrics = 16;
   l.max_activations = 512;
+  l.max_partition_spec_bytes = 128;
   return l;
 }
 

@@ -39,12 +39,26 @@ std::vector<w::Message> samples() {
   w::TrainRound t;
   t.config.codec = w::CodecId::topk_pairs;
   t.parameters = {1, 2, 3, 4};
+  t.config.partition_spec = R"({"kind":"iid"})";
+  t.config.shard_index = 1;
+  t.config.shard_count = 3;
   m.emplace_back(t);
+  w::TrainRound ts = t;  // SCAFFOLD: with the server control variate
+  ts.config.flags = w::round_flag::scaffold | w::round_flag::loss_before;
+  ts.config.momentum = 0.9f;
+  ts.config.weight_decay = 1e-4f;
+  ts.server_control = {0.5f, -0.5f, 0, 1};
+  m.emplace_back(ts);
   w::Update u;
   u.example_count = 10;
+  u.local_steps = 2;
   u.delta = {0, 0, 0x80, 0x3f};
   u.accuracy = 0.5;
   m.emplace_back(u);
+  w::Update us = u;
+  us.loss_before = 2.5;
+  us.control_delta = {0.25f, 0, 0, -1};
+  m.emplace_back(us);
   m.emplace_back(w::InferRequest{5, {1, 2, 2}, {1, 2, 3, 4}});
   m.emplace_back(w::InferResponse{5, 0.5, {2}, {0.25f, 0.75f}});
   m.emplace_back(w::Heartbeat{42});

@@ -129,22 +129,34 @@ std::vector<w::Message> sample_messages() {
   train.config.local_epochs = 3;
   train.config.batch_size = 16;
   train.config.learning_rate = 0.05f;
+  train.config.momentum = 0.9f;
+  train.config.weight_decay = 5e-4f;
   train.config.proximal_mu = 0.01f;
+  train.config.flags = w::round_flag::scaffold | w::round_flag::loss_before;
   train.config.codec = w::CodecId::quant8;
   train.config.deadline_ms = 30000;
   train.config.seed = 0xFEEDFACECAFEBEEFULL;
   train.config.example_limit = 600;
+  train.config.partition_spec = R"({"kind": "dirichlet", "alpha": 0.3})";
+  train.config.shard_index = 7;
+  train.config.shard_count = 20;
+  train.config.partition_seed = 42;
+  train.config.train_limit = 12000;
   train.parameters = {0.5f, -1.25f, 3.0e-8f, 0.0f, -0.0f, 1e30f};
+  train.server_control = {0.0f, 0.125f, -0.5f, 1e-6f, 2.0f, -0.0f};
   m.emplace_back(train);
   w::Update update;
   update.example_count = 600;
+  update.local_steps = 114;
   update.codec = w::CodecId::fp16;
   update.delta = {'F', 'C', 1, 1, 2, 0, 0, 0, 0x00, 0x3c, 0x00, 0xc0};
+  update.loss_before = 2.3026;
   update.loss = 0.4321;
   update.accuracy = 0.875;
   update.compute_ms = 1234.5;
   update.peak_memory_bytes = 3 << 20;
   update.bytes_received = 1 << 20;
+  update.control_delta = {0.25f, -0.75f};
   m.emplace_back(update);
   m.emplace_back(w::InferRequest{99, {1, 2, 3}, {1, 2, 3, 4, 5, -6.5f}});
   m.emplace_back(w::InferResponse{99, 4.25, {1, 10}, {0.1f, 0.2f, 0.0f, 0.05f, 0.05f, 0.1f, 0.1f, 0.1f, 0.2f, 0.1f}});
@@ -206,6 +218,91 @@ TEST_CASE("wire: golden payloads of hello_ack and infer_request", "[wire]") {
   CHECK(back->values == std::vector<float>{1.0f, -2.0f});
 }
 
+TEST_CASE("wire: golden payloads of train_round and update", "[wire]") {
+  w::TrainRound t;
+  t.config.strategy_id = 6;
+  t.config.local_epochs = 2;
+  t.config.batch_size = 32;
+  t.config.learning_rate = 0.5f;
+  t.config.momentum = 0.25f;
+  t.config.weight_decay = 0.0f;
+  t.config.proximal_mu = 1.0f;
+  t.config.flags = w::round_flag::scaffold;
+  t.config.codec = w::CodecId::fp16;
+  t.config.deadline_ms = 1000;
+  t.config.seed = 5;
+  t.config.example_limit = 0;
+  t.config.partition_spec = "{}";
+  t.config.shard_index = 1;
+  t.config.shard_count = 4;
+  t.config.partition_seed = 9;
+  t.config.train_limit = 200;
+  t.parameters = {1.0f};
+  t.server_control = {-2.0f};
+  const Bytes round = {
+      0x06, 0x00,                                      // strategy_id 6
+      0x02, 0x00, 0x00, 0x00,                          // local_epochs 2
+      0x20, 0x00, 0x00, 0x00,                          // batch_size 32
+      0x00, 0x00, 0x00, 0x3f,                          // learning_rate 0.5
+      0x00, 0x00, 0x80, 0x3e,                          // momentum 0.25
+      0x00, 0x00, 0x00, 0x00,                          // weight_decay 0
+      0x00, 0x00, 0x80, 0x3f,                          // proximal_mu 1
+      0x01,                                            // flags: scaffold
+      0x01,                                            // codec_id fp16
+      0xe8, 0x03, 0x00, 0x00,                          // deadline_ms 1000
+      0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seed 5
+      0x00, 0x00, 0x00, 0x00,                          // example_limit 0
+      0x01,                                            // dataset_id fashion-mnist
+      0x02, 0x00, '{', '}',                            // partition_spec "{}"
+      0x01, 0x00, 0x00, 0x00,                          // shard_index 1
+      0x04, 0x00, 0x00, 0x00,                          // shard_count 4
+      0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // partition_seed 9
+      0xc8, 0x00, 0x00, 0x00,                          // train_limit 200
+      0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f,  // param_count 1, 1.0
+      0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0,  // control_count 1, -2.0
+  };
+  auto enc = w::encode_message(t, w::Binding{});
+  REQUIRE(enc.ok());
+  CHECK(payload_of(*enc) == round);
+  auto back = w::TrainRound::decode(round);
+  REQUIRE(back.ok());
+  CHECK(*back == t);
+  CHECK(back->config.scaffold());
+  CHECK_FALSE(back->config.loss_before());
+
+  w::Update u;
+  u.example_count = 3;
+  u.local_steps = 4;
+  u.codec = w::CodecId::raw_f32;
+  u.delta = {0x00, 0x00, 0x80, 0x3f};
+  u.loss_before = 2.0;
+  u.loss = 0.5;
+  u.accuracy = 1.0;
+  u.compute_ms = 0.0;
+  u.peak_memory_bytes = 0x100;
+  u.bytes_received = 7;
+  u.control_delta = {0.5f};
+  const Bytes upd = {
+      0x03, 0x00, 0x00, 0x00,                          // example_count 3
+      0x04, 0x00, 0x00, 0x00,                          // local_steps 4
+      0x00,                                            // codec_id raw f32
+      0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f,  // delta: 4 bytes
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40,  // loss_before 2.0
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xe0, 0x3f,  // loss 0.5
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xf0, 0x3f,  // accuracy 1.0
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // compute_ms 0
+      0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // peak_memory_bytes 256
+      0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // bytes_received 7
+      0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3f,  // control_count 1, 0.5
+  };
+  auto enc2 = w::encode_message(u, w::Binding{});
+  REQUIRE(enc2.ok());
+  CHECK(payload_of(*enc2) == upd);
+  auto back2 = w::Update::decode(upd);
+  REQUIRE(back2.ok());
+  CHECK(*back2 == u);
+}
+
 TEST_CASE("wire: header constants and type values are stable", "[wire]") {
   CHECK(w::kHeaderBytes == 40);
   CHECK(w::frame_bytes(0) == 44);
@@ -237,8 +334,9 @@ TEST_CASE("wire: header constants and type values are stable", "[wire]") {
 
 TEST_CASE("wire: default and micro limits let their largest messages fit a frame", "[wire]") {
   for (const w::Limits& l : {w::Limits{}, w::micro_limits()}) {
-    // train_round: 35 bytes of config, u32 count, count x 4.
-    CHECK(39 + 4ULL * l.max_train_params <= l.max_frame_payload);
+    // train_round: 67 bytes of config, the partition spec, u32 count,
+    // count x 4, u32 control count (0 without SCAFFOLD).
+    CHECK(75 + std::uint64_t{l.max_partition_spec_bytes} + 4ULL * l.max_train_params <= l.max_frame_payload);
     // assign_chunk: 29 bytes of fields, u32 length, data.
     CHECK(33 + std::uint64_t{l.max_chunk_bytes} <= l.max_frame_payload);
     // infer_response: 8 + 8 + 1 + kMaxDims x 4 + values.
@@ -246,10 +344,11 @@ TEST_CASE("wire: default and micro limits let their largest messages fit a frame
   }
   // The real thing at the default limit: 2'000'000 parameters in one frame.
   w::TrainRound big;
+  big.config.partition_spec = std::string(w::Limits{}.max_partition_spec_bytes, ' ');
   big.parameters.assign(w::Limits{}.max_train_params, 0.25f);
   auto enc = w::encode_message(big, w::Binding{1, 1, 1, 1});
   REQUIRE(enc.ok());
-  CHECK(enc->size() == w::frame_bytes(39 + 4ULL * big.parameters.size()));
+  CHECK(enc->size() == w::frame_bytes(75 + big.config.partition_spec.size() + 4ULL * big.parameters.size()));
   Bytes buf(w::Limits{}.max_frame_payload);
   w::FrameDecoder dec(buf);
   const auto r = dec.feed(*enc);
@@ -577,18 +676,47 @@ void chunk_head(ByteWriter& b, std::uint8_t kind = 1, std::uint32_t index = 0, s
   b.u64(total);
   b.u32(0);
 }
-void round_head(ByteWriter& b, float lr = 0.1f, std::uint8_t codec = 0) {
+// train_round up to (not including) param_count.
+struct RoundHead {
+  float lr = 0.1f;
+  std::uint8_t codec = 0;
+  float momentum = 0.0f;
+  float weight_decay = 0.0f;
+  std::uint8_t flags = 0;
+  std::uint8_t dataset = 1;
+  std::string spec = R"({"kind":"iid"})";
+  std::uint32_t shard_index = 0;
+  std::uint32_t shard_count = 1;
+};
+void round_head(ByteWriter& b, const RoundHead& h) {
   b.u16(0);
   b.u32(1);
   b.u32(8);
-  b.f32(lr);
+  b.f32(h.lr);
+  b.f32(h.momentum);
+  b.f32(h.weight_decay);
   b.f32(0.0f);
-  b.u8(codec);
+  b.u8(h.flags);
+  b.u8(h.codec);
   b.u32(0);
   b.u64(0);
   b.u32(0);
+  b.u8(h.dataset);
+  b.str(h.spec);
+  b.u32(h.shard_index);
+  b.u32(h.shard_count);
+  b.u64(0);
+  b.u32(0);
 }
-void update_tail(ByteWriter& b, double accuracy = 0.5) {
+void round_head(ByteWriter& b, float lr = 0.1f, std::uint8_t codec = 0) {
+  RoundHead h;
+  h.lr = lr;
+  h.codec = codec;
+  round_head(b, h);
+}
+// update from loss_before to bytes_received.
+void update_tail(ByteWriter& b, double accuracy = 0.5, double loss_before = 0.0) {
+  b.f64(loss_before);
   b.f64(0.1);
   b.f64(accuracy);
   b.f64(1.0);
@@ -670,25 +798,80 @@ TEST_CASE("wire: malformed payloads of every message type are refused, naming th
          round_head(b); b.u32(3); b.f32(1); b.f32(2);
        }, "'parameters' declares 3 float32 values (12 bytes), 8 left"},
       {"train_round NaN parameter", MessageType::train_round, [&](ByteWriter& b) {
-         round_head(b); b.u32(2); b.f32(1); b.f32(nan);
+         round_head(b); b.u32(2); b.f32(1); b.f32(nan); b.u32(0);
        }, "'parameters' value 1 is not finite"},
-      {"train_round zero learning rate", MessageType::train_round, [](ByteWriter& b) { round_head(b, 0.0f); b.u32(0); },
-       "'learning_rate' must be > 0"},
-      {"train_round unknown codec", MessageType::train_round, [](ByteWriter& b) { round_head(b, 0.1f, 7); b.u32(0); },
-       "'codec_id' is not a known codec"},
-      {"train_round trailing", MessageType::train_round, [](ByteWriter& b) { round_head(b); b.u32(1); b.f32(1); b.u8(0); },
-       "1 trailing bytes"},
+      {"train_round zero learning rate", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b, 0.0f); b.u32(0); b.u32(0);
+       }, "'learning_rate' must be > 0"},
+      {"train_round unknown codec", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b, 0.1f, 7); b.u32(0); b.u32(0);
+       }, "'codec_id' is not a known codec"},
+      {"train_round trailing", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b); b.u32(1); b.f32(1); b.u32(0); b.u8(0);
+       }, "1 trailing bytes"},
+      {"train_round negative momentum", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.momentum = -0.5f; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'momentum' is negative"},
+      {"train_round infinite weight decay", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.weight_decay = std::numeric_limits<float>::infinity(); round_head(b, h); b.u32(0); b.u32(0);
+       }, "'weight_decay' is not finite"},
+      {"train_round unknown flag", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.flags = 0x04; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'flags' has unknown bits set"},
+      {"train_round unknown dataset", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.dataset = 2; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'dataset_id' is not a known dataset"},
+      {"train_round empty partition spec", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.spec = ""; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'partition_spec' is empty"},
+      {"train_round partition spec over limit", MessageType::train_round, [&](ByteWriter& b) {
+         RoundHead h; h.spec = std::string(l.max_partition_spec_bytes + 1, ' '); round_head(b, h); b.u32(0); b.u32(0);
+       }, "'partition_spec' is 1025 long, limit max_partition_spec_bytes 1024"},
+      {"train_round shard index = count", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.shard_index = 3; h.shard_count = 3; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'shard_index' must be below shard_count"},
+      {"train_round shard count 0", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.shard_index = 0; h.shard_count = 0; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'shard_count' must be >= 1"},
+      {"train_round control count not param count", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b); b.u32(2); b.f32(1); b.f32(2); b.u32(1); b.f32(0);
+       }, "'server_control' count must be 0 or param_count"},
+      {"train_round control beyond payload", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b); b.u32(2); b.f32(1); b.f32(2); b.u32(2); b.f32(0);
+       }, "'server_control' declares 2 float32 values (8 bytes), 4 left"},
+      {"train_round NaN control", MessageType::train_round, [&](ByteWriter& b) {
+         round_head(b); b.u32(1); b.f32(1); b.u32(1); b.f32(nan);
+       }, "'server_control' value 0 is not finite"},
+      {"train_round missing control count", MessageType::train_round, [](ByteWriter& b) {
+         round_head(b); b.u32(1); b.f32(1);
+       }, "payload ends inside 'control_count'"},
       // update
       {"update delta beyond payload", MessageType::update, [](ByteWriter& b) {
-         b.u32(10); b.u8(1); b.u32(100); b.raw("FC", 2);
+         b.u32(10); b.u32(1); b.u8(1); b.u32(100); b.raw("FC", 2);
        }, "'delta' declares 100 bytes, 2 left"},
       {"update accuracy above 1", MessageType::update, [](ByteWriter& b) {
-         b.u32(10); b.u8(1); b.u32(0); update_tail(b, 1.5);
+         b.u32(10); b.u32(1); b.u8(1); b.u32(0); update_tail(b, 1.5); b.u32(0);
        }, "'accuracy' is outside [0, 1]"},
-      {"update truncated metrics", MessageType::update, [](ByteWriter& b) { b.u32(10); b.u8(1); b.u32(0); b.f64(0.1); },
-       "payload ends inside 'accuracy'"},
-      {"update trailing", MessageType::update, [](ByteWriter& b) { b.u32(10); b.u8(0); b.u32(0); update_tail(b); b.u32(0); },
-       "4 trailing bytes"},
+      {"update truncated metrics", MessageType::update, [](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(1); b.u32(0); b.f64(0.0); b.f64(0.1);
+       }, "payload ends inside 'accuracy'"},
+      {"update trailing", MessageType::update, [](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(0); b.u32(0); update_tail(b); b.u32(0); b.u32(0);
+       }, "4 trailing bytes"},
+      {"update truncated local_steps", MessageType::update, [](ByteWriter& b) { b.u32(10); b.u16(1); },
+       "payload ends inside 'local_steps' (needs 4 bytes, 2 left)"},
+      {"update NaN loss_before", MessageType::update, [&](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(0); b.u32(0); update_tail(b, 0.5, std::numeric_limits<double>::quiet_NaN()); b.u32(0);
+       }, "'loss_before' is not finite"},
+      {"update control over max_train_params", MessageType::update, [&](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(0); b.u32(0); update_tail(b); b.u32(l.max_train_params + 1);
+       }, "'control_delta' is 2000001 long, limit max_train_params 2000000"},
+      {"update control beyond payload", MessageType::update, [](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(0); b.u32(0); update_tail(b); b.u32(3); b.f32(1);
+       }, "'control_delta' declares 3 float32 values (12 bytes), 4 left"},
+      {"update infinite control", MessageType::update, [&](ByteWriter& b) {
+         b.u32(10); b.u32(1); b.u8(0); b.u32(0); update_tail(b); b.u32(2); b.f32(1); b.f32(-std::numeric_limits<float>::infinity());
+       }, "'control_delta' value 1 is not finite"},
       // infer_request
       {"infer_request rank 0", MessageType::infer_request, [](ByteWriter& b) { b.u64(1); b.u8(0); }, "'rank' must be 1 .. 8"},
       {"infer_request rank 9", MessageType::infer_request, [](ByteWriter& b) { b.u64(1); b.u8(9); }, "'rank' must be 1 .. 8"},
@@ -781,6 +964,7 @@ TEST_CASE("wire: malformed payloads of every message type are refused, naming th
 TEST_CASE("wire: smaller limits are enforced when decoding and encoding", "[wire]") {
   const w::Limits micro = w::micro_limits();
   w::TrainRound tr;
+  tr.config.partition_spec = "{}";
   tr.parameters.assign(5000, 1.0f);  // above max_train_params 3000, and 20 KB: above the 16 KiB frame
   auto big = w::encode_message(tr, w::Binding{});  // fine under the default limits
   REQUIRE(big.ok());
@@ -810,6 +994,23 @@ TEST_CASE("wire: encoders refuse what a peer would refuse", "[wire]") {
   auto e2 = w::encode_message(req, w::Binding{});
   REQUIRE(!e2.ok());
   CHECK(e2.error().message.find("'values' count is not the product of dims") != std::string::npos);
+  w::TrainRound tr;
+  tr.config.partition_spec = "{}";
+  tr.parameters = {1, 2, 3};
+  tr.server_control = {1, 2};  // neither 0 nor param_count values
+  auto e5 = w::encode_message(tr, w::Binding{});
+  REQUIRE(!e5.ok());
+  CHECK(e5.error().message == "train_round: 'server_control' count must be 0 or param_count");
+  tr.server_control.clear();
+  tr.config.partition_spec.clear();
+  auto e6 = w::encode_message(tr, w::Binding{});
+  REQUIRE(!e6.ok());
+  CHECK(e6.error().message == "train_round: 'partition_spec' is empty");
+  w::Update up;
+  up.control_delta = {std::numeric_limits<float>::quiet_NaN()};
+  auto e7 = w::encode_message(up, w::Binding{});
+  REQUIRE(!e7.ok());
+  CHECK(e7.error().message == "update: 'control_delta' value 0 is not finite");
   w::Limits small;
   small.max_frame_payload = 16;
   auto e3 = w::encode_message(w::Metrics{{{"a_long_metric_name", 1.0}}}, w::Binding{}, small);

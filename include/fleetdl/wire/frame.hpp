@@ -182,6 +182,9 @@ struct Limits {
   std::uint32_t max_metrics = 256;
   /// Most float32 values in one infer_request / infer_response.
   std::uint32_t max_activations = 2'000'000;
+  /// Longest partition spec of a train_round (the run config's "partition"
+  /// JSON object as text), bytes.
+  std::uint32_t max_partition_spec_bytes = 1024;
 };
 
 /// Limits for a microcontroller speaking over a serial link: 16 KiB frames,
@@ -196,6 +199,7 @@ constexpr Limits micro_limits() noexcept {
   l.max_pem_bytes = 4U << 10;
   l.max_metrics = 32;
   l.max_activations = 4'000;
+  l.max_partition_spec_bytes = 256;
   return l;
 }
 

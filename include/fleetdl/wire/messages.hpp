@@ -20,11 +20,16 @@
 //   assign_result (6)  u64 module_id, u8 accepted, u16 reason_code, str reason_text,
 //                      u64 peak_memory_bytes, u64 budget_bytes
 //   train_round (7)    u16 strategy_id, u32 local_epochs, u32 batch_size,
-//                      f32 learning_rate, f32 proximal_mu, u8 codec_id, u32 deadline_ms,
-//                      u64 seed, u32 example_limit, u32 param_count, f32[param_count]
-//   update (8)         u32 example_count, u8 codec_id, blob delta, f64 loss,
-//                      f64 accuracy, f64 compute_ms, u64 peak_memory_bytes,
-//                      u64 bytes_received
+//                      f32 learning_rate, f32 momentum, f32 weight_decay,
+//                      f32 proximal_mu, u8 flags, u8 codec_id, u32 deadline_ms,
+//                      u64 seed, u32 example_limit, u8 dataset_id, str partition_spec,
+//                      u32 shard_index, u32 shard_count, u64 partition_seed,
+//                      u32 train_limit, u32 param_count, f32[param_count],
+//                      u32 control_count, f32[control_count] server_control
+//   update (8)         u32 example_count, u32 local_steps, u8 codec_id, blob delta,
+//                      f64 loss_before, f64 loss, f64 accuracy, f64 compute_ms,
+//                      u64 peak_memory_bytes, u64 bytes_received,
+//                      u32 control_count, f32[control_count] control_delta
 //   infer_request (9)  u64 request_id, u8 rank, u32[rank] dims, f32[prod(dims)]
 //   infer_response (10) u64 request_id, f64 compute_ms, u8 rank, u32[rank] dims,
 //                      f32[prod(dims)]
@@ -587,82 +592,157 @@ struct AssignResult {
   bool operator==(const AssignResult&) const = default;
 };
 
-/// Training configuration of one round (the fixed part of train_round).
+/// What a train_round's data shard is drawn from. The data never travels:
+/// each device reads its own copy.
+enum class DatasetId : std::uint8_t {
+  fashion_mnist = 1,  ///< Fashion-MNIST training set (data/dataset.hpp)
+};
+
+constexpr bool is_known_dataset(std::uint8_t d) noexcept { return d == 1; }
+
+/// RoundConfig::flags bits. Other bits must be 0.
+namespace round_flag {
+inline constexpr std::uint8_t scaffold = 1U << 0;     ///< SCAFFOLD: correct with the control variates
+inline constexpr std::uint8_t loss_before = 1U << 1;  ///< q-FedAvg: report the loss at the received model
+inline constexpr std::uint8_t all = scaffold | loss_before;
+}  // namespace round_flag
+
+/// Training configuration of one round (the fixed part of train_round): the
+/// client config, the codec, deadline and seed, and the device's data shard.
 struct RoundConfig {
   std::uint16_t strategy_id = 0;   ///< orchestrator's strategy id (FedAvg, FedProx, ...)
   std::uint32_t local_epochs = 1;  ///< >= 1
   std::uint32_t batch_size = 32;   ///< >= 1
   float learning_rate = 0.01f;     ///< finite > 0
+  float momentum = 0.0f;           ///< local SGD momentum, finite >= 0
+  float weight_decay = 0.0f;       ///< local SGD L2 weight decay, finite >= 0
   float proximal_mu = 0.0f;        ///< FedProx mu, finite >= 0
+  std::uint8_t flags = 0;          ///< round_flag:: bits
   CodecId codec = CodecId::raw_f32;  ///< codec of the update's delta
   std::uint32_t deadline_ms = 0;   ///< 0 = none
-  std::uint64_t seed = 0;
+  std::uint64_t seed = 0;          ///< the client's local training seed for this round
   std::uint32_t example_limit = 0; ///< 0 = all local examples
+  // The data shard: partition `spec` of the first `train_limit` training
+  // images into `shard_count` clients, drawn with `partition_seed`; this
+  // device trains on client `shard_index`.
+  DatasetId dataset = DatasetId::fashion_mnist;
+  std::string partition_spec;       ///< the run config's "partition" JSON object, non-empty
+  std::uint32_t shard_index = 0;    ///< < shard_count
+  std::uint32_t shard_count = 1;    ///< >= 1
+  std::uint64_t partition_seed = 0; ///< the run config's seed (sim::make_partition forks it)
+  std::uint32_t train_limit = 0;    ///< first images of the training set, 0 = all
+
+  bool scaffold() const noexcept { return (flags & round_flag::scaffold) != 0; }
+  bool loss_before() const noexcept { return (flags & round_flag::loss_before) != 0; }
   bool operator==(const RoundConfig&) const = default;
 };
 
-/// train_round. The global parameters travel in the same frame, so their
-/// count is bounded by Limits::max_train_params and the frame payload; a
-/// module too big for one frame is a module too big for a small device, and
-/// both ends can raise the two limits together (docs/wire.md, "Parameters").
+/// train_round. The global parameters (and SCAFFOLD's server control
+/// variate, when used) travel in the same frame, so their count is bounded by
+/// Limits::max_train_params and the frame payload; a module too big for one
+/// frame is a module too big for a small device, and both ends can raise the
+/// two limits together (docs/wire.md, "Parameters").
 struct TrainRound {
   static constexpr MessageType kType = MessageType::train_round;
   RoundConfig config;
-  std::vector<float> parameters;  ///< finite
+  std::vector<float> parameters;      ///< finite
+  std::vector<float> server_control;  ///< SCAFFOLD's c: empty or parameters.size() values, finite
 
   Result<void> validate(const Limits& l = {}) const {
     detail::Fields f("train_round");
     check(f, l);
     f.max_len("parameters", parameters.size(), l.max_train_params, "max_train_params");
     f.all_finite(parameters, "parameters");
+    f.all_finite(server_control, "server_control");
     return f.result();
   }
   template <class W>
   void encode(W& w) const {
-    w.u16(config.strategy_id);
-    w.u32(config.local_epochs);
-    w.u32(config.batch_size);
-    w.f32(config.learning_rate);
-    w.f32(config.proximal_mu);
-    w.u8(static_cast<std::uint8_t>(config.codec));
-    w.u32(config.deadline_ms);
-    w.u64(config.seed);
-    w.u32(config.example_limit);
+    const RoundConfig& c = config;
+    w.u16(c.strategy_id);
+    w.u32(c.local_epochs);
+    w.u32(c.batch_size);
+    w.f32(c.learning_rate);
+    w.f32(c.momentum);
+    w.f32(c.weight_decay);
+    w.f32(c.proximal_mu);
+    w.u8(c.flags);
+    w.u8(static_cast<std::uint8_t>(c.codec));
+    w.u32(c.deadline_ms);
+    w.u64(c.seed);
+    w.u32(c.example_limit);
+    w.u8(static_cast<std::uint8_t>(c.dataset));
+    w.str(c.partition_spec);
+    w.u32(c.shard_index);
+    w.u32(c.shard_count);
+    w.u64(c.partition_seed);
+    w.u32(c.train_limit);
     w.u32(static_cast<std::uint32_t>(parameters.size()));
     detail::put_f32s(w, parameters);
+    w.u32(static_cast<std::uint32_t>(server_control.size()));
+    detail::put_f32s(w, server_control);
   }
   static Result<TrainRound> decode(std::span<const std::uint8_t> p, const Limits& l = {}) {
     detail::Fields f(p, "train_round");
     TrainRound m;
-    std::uint8_t codec = 0;
-    std::uint32_t count = 0;
-    f.get("strategy_id", m.config.strategy_id);
-    f.get("local_epochs", m.config.local_epochs);
-    f.get("batch_size", m.config.batch_size);
-    f.get("learning_rate", m.config.learning_rate);
-    f.get("proximal_mu", m.config.proximal_mu);
+    RoundConfig& c = m.config;
+    std::uint8_t codec = 0, dataset = 0;
+    std::uint32_t count = 0, control_count = 0;
+    f.get("strategy_id", c.strategy_id);
+    f.get("local_epochs", c.local_epochs);
+    f.get("batch_size", c.batch_size);
+    f.get("learning_rate", c.learning_rate);
+    f.get("momentum", c.momentum);
+    f.get("weight_decay", c.weight_decay);
+    f.get("proximal_mu", c.proximal_mu);
+    f.get("flags", c.flags);
     f.get("codec_id", codec);
     f.require(is_known_codec(codec), "codec_id", "is not a known codec");
-    m.config.codec = static_cast<CodecId>(codec);
-    f.get("deadline_ms", m.config.deadline_ms);
-    f.get("seed", m.config.seed);
-    f.get("example_limit", m.config.example_limit);
+    c.codec = static_cast<CodecId>(codec);
+    f.get("deadline_ms", c.deadline_ms);
+    f.get("seed", c.seed);
+    f.get("example_limit", c.example_limit);
+    f.get("dataset_id", dataset);
+    f.require(is_known_dataset(dataset), "dataset_id", "is not a known dataset (1 fashion-mnist)");
+    c.dataset = static_cast<DatasetId>(dataset);
+    f.str("partition_spec", c.partition_spec, l.max_partition_spec_bytes, "max_partition_spec_bytes");
+    f.get("shard_index", c.shard_index);
+    f.get("shard_count", c.shard_count);
+    f.get("partition_seed", c.partition_seed);
+    f.get("train_limit", c.train_limit);
     f.get("param_count", count);
     f.max_len("parameters", count, l.max_train_params, "max_train_params");
     f.f32_array("parameters", count, m.parameters);
+    f.get("control_count", control_count);
+    f.require(control_count == 0 || control_count == count, "server_control",
+              "count must be 0 or param_count");
+    f.f32_array("server_control", control_count, m.server_control);
     f.end();
     m.check(f, l);
     f.all_finite(m.parameters, "parameters");
+    f.all_finite(m.server_control, "server_control");
     FLEETDL_TRY(f.result());
     return m;
   }
-  void check(detail::Fields& f, const Limits&) const {
-    f.require(config.local_epochs >= 1, "local_epochs", "must be >= 1");
-    f.require(config.batch_size >= 1, "batch_size", "must be >= 1");
-    f.finite(config.learning_rate, "learning_rate");
-    f.require(!(config.learning_rate <= 0), "learning_rate", "must be > 0");
-    f.finite_nonneg(config.proximal_mu, "proximal_mu");
-    f.require(is_known_codec(static_cast<std::uint8_t>(config.codec)), "codec_id", "is not a known codec");
+  void check(detail::Fields& f, const Limits& l) const {
+    const RoundConfig& c = config;
+    f.require(c.local_epochs >= 1, "local_epochs", "must be >= 1");
+    f.require(c.batch_size >= 1, "batch_size", "must be >= 1");
+    f.finite(c.learning_rate, "learning_rate");
+    f.require(!(c.learning_rate <= 0), "learning_rate", "must be > 0");
+    f.finite_nonneg(c.momentum, "momentum");
+    f.finite_nonneg(c.weight_decay, "weight_decay");
+    f.finite_nonneg(c.proximal_mu, "proximal_mu");
+    f.require((c.flags & ~round_flag::all) == 0, "flags", "has unknown bits set (known: 0x3)");
+    f.require(is_known_codec(static_cast<std::uint8_t>(c.codec)), "codec_id", "is not a known codec");
+    f.require(is_known_dataset(static_cast<std::uint8_t>(c.dataset)), "dataset_id",
+              "is not a known dataset (1 fashion-mnist)");
+    f.str_fits("partition_spec", c.partition_spec.size(), l.max_partition_spec_bytes, "max_partition_spec_bytes");
+    f.require(!c.partition_spec.empty(), "partition_spec", "is empty");
+    f.require(c.shard_count >= 1, "shard_count", "must be >= 1");
+    f.require(c.shard_index < c.shard_count, "shard_index", "must be below shard_count");
+    f.require(server_control.empty() || server_control.size() == parameters.size(), "server_control",
+              "count must be 0 or param_count");
   }
   bool operator==(const TrainRound&) const = default;
 };
@@ -670,56 +750,75 @@ struct TrainRound {
 struct Update {
   static constexpr MessageType kType = MessageType::update;
   std::uint32_t example_count = 0;  ///< local examples the delta was trained on
+  std::uint32_t local_steps = 0;    ///< optimizer steps taken (FedNova's tau, SCAFFOLD's K)
   CodecId codec = CodecId::raw_f32;
   std::vector<std::uint8_t> delta;  ///< opaque bytes of fl/codec.hpp (or raw f32)
-  double loss = 0;                  ///< finite
+  double loss_before = 0;           ///< loss at the received model (q-FedAvg; else 0), finite
+  double loss = 0;                  ///< last-epoch training loss, finite
   double accuracy = 0;              ///< in [0, 1]
   double compute_ms = 0;            ///< finite >= 0
   std::uint64_t peak_memory_bytes = 0;
   std::uint64_t bytes_received = 0;
+  /// SCAFFOLD's c_i+ - c_i: empty or the model's parameter count (which only
+  /// the receiver knows; the decoder bounds it by max_train_params), finite.
+  std::vector<float> control_delta;
 
   Result<void> validate(const Limits& l = {}) const {
     detail::Fields f("update");
     check(f, l);
+    f.all_finite(control_delta, "control_delta");
     return f.result();
   }
   template <class W>
   void encode(W& w) const {
     w.u32(example_count);
+    w.u32(local_steps);
     w.u8(static_cast<std::uint8_t>(codec));
     detail::put_blob(w, std::span<const std::uint8_t>(delta));
+    w.f64(loss_before);
     w.f64(loss);
     w.f64(accuracy);
     w.f64(compute_ms);
     w.u64(peak_memory_bytes);
     w.u64(bytes_received);
+    w.u32(static_cast<std::uint32_t>(control_delta.size()));
+    detail::put_f32s(w, control_delta);
   }
   static Result<Update> decode(std::span<const std::uint8_t> p, const Limits& l = {}) {
     detail::Fields f(p, "update");
     Update m;
     std::uint8_t codec = 0;
+    std::uint32_t control_count = 0;
     f.get("example_count", m.example_count);
+    f.get("local_steps", m.local_steps);
     f.get("codec_id", codec);
     f.require(is_known_codec(codec), "codec_id", "is not a known codec");
     m.codec = static_cast<CodecId>(codec);
     f.blob("delta", m.delta, l.max_frame_payload, "max_frame_payload");
+    f.get("loss_before", m.loss_before);
     f.get("loss", m.loss);
     f.get("accuracy", m.accuracy);
     f.get("compute_ms", m.compute_ms);
     f.get("peak_memory_bytes", m.peak_memory_bytes);
     f.get("bytes_received", m.bytes_received);
+    f.get("control_count", control_count);
+    f.max_len("control_delta", control_count, l.max_train_params, "max_train_params");
+    f.f32_array("control_delta", control_count, m.control_delta);
     f.end();
     m.check(f, l);
+    f.all_finite(m.control_delta, "control_delta");
     FLEETDL_TRY(f.result());
     return m;
   }
   void check(detail::Fields& f, const Limits& l) const {
     f.require(is_known_codec(static_cast<std::uint8_t>(codec)), "codec_id", "is not a known codec");
     f.blob_fits("delta", delta.size(), l.max_frame_payload, "max_frame_payload");
+    f.finite(loss_before, "loss_before");
     f.finite(loss, "loss");
     f.finite(accuracy, "accuracy");
     f.require(accuracy >= 0 && accuracy <= 1, "accuracy", "is outside [0, 1]");
     f.finite_nonneg(compute_ms, "compute_ms");
+    f.max_len("control_delta", control_delta.size(), l.max_train_params, "max_train_params");
   }
   bool operator==(const Update&) const = default;
 };
