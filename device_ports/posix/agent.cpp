@@ -213,8 +213,6 @@ Result<AgentOptions> parse_options(int argc, const char* const* argv, bool* help
   if (o.name.empty()) return bad("--name is required");
   if (o.state_dir.empty()) return bad("--state-dir is required");
   if (!have_budget) return bad("--budget is required");
-  // TODO(discovery): without --connect the agent should announce itself by
-  // UDP (orchestrator/core/discovery.hpp) and take the ports from an invite.
   if (!have_connect) return bad("--connect is required (discovery by announcement is not available yet)");
   return o;
 }
