@@ -2,7 +2,8 @@
 // argument parser, one-line errors, number and JSON formatting, the progress
 // bar, output-path checks and the dataset options. The commands live in
 // fleetdl.cpp (train, eval, info, fl simulate), nonn.cpp (partition nonn,
-// infer), micro.cpp (export-header) and compress.cpp (compress).
+// infer), micro.cpp (export-header), compress.cpp (compress) and report.cpp
+// (report).
 #pragma once
 
 #include "fleetdl/core.hpp"
@@ -203,5 +204,7 @@ int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector
                     const std::string& data_dir, Index test_limit, bool json);
 // The compression pipeline (compress.cpp).
 int cmd_compress(int argc, char** argv);
+// Reports of a run from the fleet database (report.cpp).
+int cmd_report(int argc, char** argv);
 
 }  // namespace fleetdl::cli

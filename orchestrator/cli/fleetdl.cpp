@@ -57,6 +57,7 @@ constexpr const char* kUsage =
     "  infer   distributed inference over the modules of partition nonn\n"
     "  export-header  embed a verified int8 micro model blob in a C/C++ header\n"
     "  compress  structured/magnitude pruning, clustering, int8 quantization with per-stage report\n"
+    "  report  a run of the fleet database as HTML (SVG charts), CSV or JSON\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -105,7 +106,8 @@ constexpr const char* kUsage =
     "              [--cluster K (2..256)] [--quantize int8 [--raw-weights (no encoded filters)]]\n"
     "              [--distill T.fdl --temperature T (4) --alpha X (0.9)] --finetune-epochs E (1) --lr X (0.001)\n"
     "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
-    "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n";
+    "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n"
+    "report options: --db FLEET.db --run ID --out PATH [--format html|csv|json (default: --out's extension)]\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -531,6 +533,7 @@ int main(int argc, char** argv) {
     if (cmd == "infer") return finish(cmd, cmd_infer(argc - 2, argv + 2));
     if (cmd == "export-header") return finish(cmd, cmd_export_header(argc - 2, argv + 2));
     if (cmd == "compress") return finish(cmd, cmd_compress(argc - 2, argv + 2));
+    if (cmd == "report") return finish(cmd, cmd_report(argc - 2, argv + 2));
     if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors

@@ -520,7 +520,8 @@ Result<Store> Store::open(const std::string& path, const OpenOptions& options) {
     if (::stat(path.c_str(), &st) != 0) {
       if (errno != ENOENT)
         return make_error(Errc::io_error, path + ": " + std::strerror(errno));
-      if (!options.create) return make_error(Errc::not_found, path + ": no such fleet database");
+      if (!options.create || options.read_only)
+        return make_error(Errc::not_found, path + ": no such fleet database");
       // Created here rather than by SQLite so it is 0600 from the start: the
       // file holds enrollment secrets. SQLite gives -wal and -shm the same mode.
       const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -539,7 +540,12 @@ Result<Store> Store::open(const std::string& path, const OpenOptions& options) {
     return db_error(od.db, path, "cannot open", rc);
   sqlite3_extended_result_codes(od.db, 1);
   sqlite3_busy_timeout(od.db, options.busy_timeout_ms);
-  if (sqlite3_db_readonly(od.db, "main") == 1)
+  // A read-only Store refuses writes itself (a write-protected file opens
+  // read-only, which suits it).
+  if (options.read_only) {
+    if (int rc = sqlite3_exec(od.db, "PRAGMA query_only = ON", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+      return db_error(od.db, path, "set query_only", rc);
+  } else if (sqlite3_db_readonly(od.db, "main") == 1)
     return make_error(Errc::io_error, path + ": the file is read-only; the fleet record needs write access");
 
   // The last connection to close a WAL database checkpoints the WAL into the
@@ -582,6 +588,16 @@ Result<Store> Store::open(const std::string& path, const OpenOptions& options) {
     return make_error(Errc::bad_magic,
                       one_line(path + ": not a fleetdl database (user_version 0 but it has tables: " +
                                *tables + ")"));
+  if (options.read_only) {
+    // Reading never migrates: the queries expect the latest schema.
+    if (*version == 0)
+      return make_error(Errc::bad_magic, path + ": not a fleetdl database (empty, user_version 0)");
+    if (*version < latest)
+      return make_error(Errc::bad_version,
+                        path + ": schema version " + std::to_string(*version) +
+                            " is older than this fleetdl's (" + std::to_string(latest) +
+                            "); a read-only open does not migrate it");
+  }
 
   // Durability: synchronous=FULL fsyncs the WAL at every commit. A kill -9
   // alone could not lose a committed round even with NORMAL (the WAL frames
@@ -602,9 +618,11 @@ Result<Store> Store::open(const std::string& path, const OpenOptions& options) {
 
   // WAL: readers (reports, the GUI) never block the round writer and a commit
   // is one append to the -wal file. Persistent in the file; a no-op when set.
-  auto mode = query_text(od.db, path, "set journal_mode", "PRAGMA journal_mode = WAL");
+  // A read-only connection keeps whatever mode the file has.
+  auto mode = query_text(od.db, path, "set journal_mode",
+                         options.read_only ? "PRAGMA journal_mode" : "PRAGMA journal_mode = WAL");
   if (!mode) return std::move(mode).error();
-  if (*mode != "wal" && !(in_memory && *mode == "memory"))
+  if (!options.read_only && *mode != "wal" && !(in_memory && *mode == "memory"))
     return make_error(Errc::unsupported,
                       path + ": journal_mode stays '" + *mode + "', WAL is needed (a network file system?)");
 
@@ -615,7 +633,9 @@ Result<Store> Store::open(const std::string& path, const OpenOptions& options) {
   if (*fk != 1)
     return make_error(Errc::unsupported, path + ": this SQLite was built without foreign keys");
 
-  if (wal_has_frames) sqlite3_db_config(od.db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+  // A reader leaves a WAL with frames to the writers (no checkpoint on close).
+  if (wal_has_frames && !options.read_only)
+    sqlite3_db_config(od.db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
   return Store(od.release(), path, schema_version);
 }
 
@@ -704,6 +724,18 @@ Result<void> Store::write(std::string_view what, const std::function<Result<void
   FLEETDL_TRY(body());
   if (int rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr); rc != SQLITE_OK)
     return sqlite_error(what, rc);
+  return success();
+}
+
+Result<void> Store::read_snapshot(const std::function<Result<void>()>& body) {
+  // Deferred: the snapshot starts at the first read and lasts until COMMIT
+  // (WAL: the reader keeps its end mark; rollback journal: the SHARED lock).
+  if (int rc = sqlite3_exec(db_, "BEGIN DEFERRED", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+    return sqlite_error("begin a read transaction", rc);
+  TransactionGuard guard{db_};
+  FLEETDL_TRY(body());
+  if (int rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+    return sqlite_error("end a read transaction", rc);
   return success();
 }
 

@@ -234,6 +234,15 @@ struct OpenOptions {
   /// Migrations to apply instead of builtin_migrations() (tests of the
   /// migration machinery). Versions must be 1..N in order.
   std::span<const Migration> migrations = {};
+  /// Open for reading only (reports): PRAGMA query_only, so every write fails
+  /// with SQLite's "attempt to write a readonly database"; never creates the
+  /// file, never migrates (a schema older than the program's is refused too),
+  /// leaves journal mode and synchronous as they are, and never checkpoints a
+  /// WAL that already holds frames on close, so the database file keeps its
+  /// bytes. (The connection itself is read-write when the OS allows it: a
+  /// SQLITE_OPEN_READONLY connection cannot take the lock that removes the
+  /// empty -wal and -shm files on close and would leave them behind.)
+  bool read_only = false;
 };
 
 class Store {
@@ -308,6 +317,12 @@ class Store {
   Result<std::int64_t> add_event(const Event& event);
 
   // ------------------------------------------------------- report queries
+  /// Run `body` inside one read transaction (BEGIN DEFERRED ... COMMIT), so
+  /// every query it makes sees the same snapshot: a report that combines
+  /// rounds(), device_costs() and the rest cannot see a round committed
+  /// between two of them. `body` must only read (a write inside it may fail
+  /// with SQLITE_BUSY); the transaction ends when body returns or throws.
+  Result<void> read_snapshot(const std::function<Result<void>()>& body);
   /// All rounds of `run` by round number (accuracy, losses, time, bytes).
   Result<std::vector<RoundRecord>> rounds(std::int64_t run);
   /// All cost rows of `run` by round, then device.

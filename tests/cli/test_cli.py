@@ -2061,6 +2061,229 @@ class CompressCli(CliTestCase):
                           self.path("no", "such", "dir", "x.bin")] + self.LIMITS, 1, "compress", ["does not exist"])
 
 
+# ----------------------------------------------------------------- report
+
+import csv  # noqa: E402  (the report tests' own imports, kept with them)
+import io  # noqa: E402
+import re  # noqa: E402
+import sqlite3  # noqa: E402
+
+REPO_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+FLEET_APPLICATION_ID = 0x46444C46  # 'FDLF', orchestrator/core/store.hpp
+
+
+def fleet_schema():
+    """db/schema.sql and the user_version it documents ("-- user_version: N")."""
+    with open(os.path.join(REPO_ROOT, "db", "schema.sql")) as fh:
+        sql = fh.read()
+    return sql, int(re.search(r"^-- user_version: (\d+)$", sql, re.M).group(1))
+
+
+REPORT_NASTY_NAME = "evil <b>\"dev\"</b> & 'x', y"
+REPORT_EVENT_MESSAGE = "<script>alert(1)</script> missed, \"twice\"\nsecond line"
+
+
+def write_fleet_db(path, user_version=None, wal=False):
+    """A fleet database built from db/schema.sql with Python's sqlite3 (not
+    the C++ store): run 1 (train, finished) with rounds 0..2, round 1
+    abandoned, 3 devices (one with markup in its name, cam-3 over its budget
+    in round 2), 9 cost rows, an assignment and two events; run 2 empty."""
+    sql, version = fleet_schema()
+    con = sqlite3.connect(path)
+    con.executescript(sql)
+    con.execute("PRAGMA user_version = %d" % (version if user_version is None else user_version))
+    con.execute("PRAGMA application_id = %d" % FLEET_APPLICATION_ID)
+    if wal:
+        con.execute("PRAGMA journal_mode = WAL")
+    t0 = 1700000000000
+    names = ["cam-1", REPORT_NASTY_NAME, "cam-3"]
+    for i, name in enumerate(names):
+        con.execute("INSERT INTO devices(id, name, enrolled_at, cores, ram_bytes, storage_bytes, macs_per_second, "
+                    "link_bytes_per_second, memory_budget_bytes, profile, status) "
+                    "VALUES (?, ?, ?, 1, 1048576, 0, 1e9, 1e6, 262144, 'sim', 'online')", (i + 1, name, t0))
+    con.execute("INSERT INTO runs(id, created_at, kind, config, seed, status, finished_at) "
+                "VALUES (1, ?, 'train', ?, 42, 'finished', ?)",
+                (t0, '{"strategy": "fedavg", "rounds": 3, "note": "<i>x</i>"}', t0 + 60000))
+    con.execute("INSERT INTO runs(id, created_at, kind, config, seed) VALUES (2, ?, 'infer', '{}', 7)", (t0,))
+    for r in range(3):
+        abandoned = r == 1
+        con.execute("INSERT INTO rounds(run, round, started_at, finished_at, status, selected, completed, "
+                    "test_accuracy, test_loss, train_loss, round_seconds, bytes_up, bytes_down) "
+                    "VALUES (1, ?, ?, ?, ?, 3, ?, ?, ?, NULL, ?, ?, ?)",
+                    (r, t0 + r * 1000, t0 + r * 1000 + 800, "abandoned" if abandoned else "committed",
+                     1 if abandoned else 3, None if abandoned else 0.61 + 0.1 * r,
+                     None if abandoned else 1.5 / (r + 1), 0.8 + 0.1 * r, 30000 + r, 120000 + r))
+        for d in range(3):
+            peak = 300000 if (d == 2 and r == 2) else 100000 + d
+            con.execute("INSERT INTO device_round_costs(run, round, device, bytes_up, bytes_down, compute_ms, "
+                        "peak_memory_bytes, budget_bytes, energy_joules, status, examples) "
+                        "VALUES (1, ?, ?, ?, ?, ?, ?, 262144, 0.5, ?, 60)",
+                        (r, d + 1, 10000 * (d + 1) + r, 40000 * (d + 1) + r, 12.5 + r, peak,
+                         "abandoned" if abandoned else "ok"))
+        if not abandoned:
+            con.execute("INSERT INTO checkpoints(run, round, parameters, parameters_crc32, state, state_crc32) "
+                        "VALUES (1, ?, x'', 0, x'', 0)", (r,))
+    con.execute("INSERT INTO assignments(run, device, module_name, module_kind, module_bytes, peak_memory_bytes, "
+                "predicted_latency_ms, assigned_at) VALUES (1, 2, 'student-1', 'student', 5000, 90000, 3.5, ?)",
+                (t0,))
+    con.execute("INSERT INTO events(at, run, device, kind, message) VALUES (?, 1, 2, 'dropout', ?)",
+                (t0 + 1500, REPORT_EVENT_MESSAGE))
+    con.execute("INSERT INTO events(at, run, device, kind, message) VALUES (?, 1, NULL, 'finished', 'done')",
+                (t0 + 60000,))
+    con.commit()
+    con.close()
+    return path
+
+
+class ReportCli(CliTestCase):
+    """report: a run of a fleet database built by Python's sqlite3 from
+    db/schema.sql, as HTML, CSV and JSON. The database is never written (its
+    bytes, and the directory's files, stay as they were); every failure is one
+    stderr line, exit 2 for usage and 1 for the rest, and writes nothing."""
+
+    def setUp(self):
+        super().setUp()
+        self.db = write_fleet_db(self.path("fleet.db"))
+
+    def report(self, fmt, out, db=None, run_id="1"):
+        args = ["report", "--db", db or self.db, "--run", run_id, "--out", out]
+        if fmt:
+            args += ["--format", fmt]
+        return self.check_ok(args)
+
+    def check_untouched(self, before, *outs):
+        after = snapshot(self.tmp)
+        for o in outs:
+            after.pop(os.path.relpath(o, self.tmp), None)
+        self.assertEqual(after, before, "report changed the database directory")
+
+    def test_three_formats(self):
+        before = snapshot(self.tmp)
+        html_out, csv_out, json_out = self.path("r.html"), self.path("r.csv"), self.path("r.json")
+        p = self.report("html", html_out)
+        self.assertIn("html report of run 1 (3 rounds, 3 devices", p.stdout)
+        with open(html_out, encoding="utf-8") as fh:
+            page = fh.read()
+        self.assertTrue(page.startswith("<!DOCTYPE html>"))
+        self.assertEqual(page.count("<svg"), 4)
+        self.assertEqual(page.count("</svg>"), 4)
+        for bad in ("<script", "http://", "https://", "<img", "<link", "url("):
+            self.assertNotIn(bad, page.lower())
+        self.assertNotIn(REPORT_NASTY_NAME, page)
+        self.assertIn("evil &lt;b&gt;&quot;dev&quot;&lt;/b&gt; &amp; &#39;x&#39;, y", page)
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt; missed", page)
+        self.assertIn("&quot;note&quot;: &quot;&lt;i&gt;x&lt;/i&gt;&quot;", page)
+        self.assertEqual(page.count('class="pt"'), 2)  # rounds 0 and 2 evaluated
+        self.assertEqual(page.count('class="abandoned-mark"'), 1)
+        self.assertEqual(page.count('class="bar over"'), 1)
+        self.assertIn("<title>cam-3: peak", page)
+
+        self.report("csv", csv_out)
+        with open(csv_out, "rb") as fh:
+            raw = fh.read()
+        self.assertTrue(raw.endswith(b"\r\n"))
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+        header = rows[0]
+        self.assertEqual(header[0], "section")
+        self.assertTrue(all(len(r) == len(header) for r in rows))
+        sections = [r[0] for r in rows[1:]]
+        self.assertEqual({s: sections.count(s) for s in set(sections)},
+                         {"run": 1, "round": 3, "device": 3, "cost": 9, "assignment": 1, "event": 2})
+        col = {name: i for i, name in enumerate(header)}
+        devices = [r for r in rows if r[0] == "device"]
+        self.assertEqual(devices[1][col["name"]], REPORT_NASTY_NAME)
+        self.assertEqual(devices[2][col["rounds_over_budget"]], "1")
+        events = [r for r in rows if r[0] == "event"]
+        self.assertEqual(events[0][col["text"]], REPORT_EVENT_MESSAGE)
+        costs = [r for r in rows if r[0] == "cost"]
+        self.assertEqual([c[col["test_accuracy"]] for c in costs[3:6]], ["", "", ""])  # round 1 abandoned
+        self.assertEqual(float(costs[6][col["test_accuracy"]]), 0.61 + 0.1 * 2)
+
+        self.report("json", json_out)
+        with open(json_out, encoding="utf-8") as fh:
+            obj = strict_json(fh.read())
+        self.assertEqual(obj["run"]["id"], 1)
+        self.assertEqual(obj["run"]["seed"], 42)
+        self.assertEqual(obj["run"]["config"], {"strategy": "fedavg", "rounds": 3, "note": "<i>x</i>"})
+        self.assertEqual([r["status"] for r in obj["rounds"]], ["committed", "abandoned", "committed"])
+        self.assertIsNone(obj["rounds"][1]["test_accuracy"])
+        self.assertEqual(obj["rounds"][2]["test_accuracy"], 0.61 + 0.1 * 2)  # exact
+        self.assertEqual(obj["rounds"][2]["round_seconds"], 0.8 + 0.1 * 2)
+        self.assertEqual([d["name"] for d in obj["devices"]], ["cam-1", REPORT_NASTY_NAME, "cam-3"])
+        self.assertEqual(len(obj["costs"]), 9)
+        self.assertEqual(obj["events"][0]["message"], REPORT_EVENT_MESSAGE)
+        self.assertEqual(obj["assignments"][0]["module_name"], "student-1")
+
+        # the database and its directory are as they were (no -wal, -shm, -journal)
+        self.check_untouched(before, html_out, csv_out, json_out)
+
+    def test_format_from_extension_and_replacing_out(self):
+        out = self.path("report.JSON")
+        with open(out, "w") as fh:
+            fh.write("old")
+        self.report(None, out)
+        with open(out) as fh:
+            self.assertEqual(strict_json(fh.read())["run"]["kind"], "train")
+        self.assertFalse(os.path.exists(out + ".tmp"))
+        # an empty run renders too
+        self.report(None, self.path("empty.csv"), run_id="2")
+        with open(self.path("empty.csv"), newline="") as fh:
+            self.assertEqual([r[0] for r in csv.reader(fh)], ["section", "run"])
+
+    def test_wal_database_stays_unchanged(self):
+        db = write_fleet_db(self.path("wal.db"), wal=True)
+        with open(db, "rb") as fh:
+            self.assertEqual(fh.read(20)[18:20], b"\x02\x02")  # WAL mode in the header
+        before = snapshot(self.tmp)
+        out = self.path("r.html")
+        self.report("html", out, db=db)
+        self.check_untouched(before, out)
+
+    def test_errors(self):
+        out = self.path("r.html")
+        garbage = self.path("garbage.db")
+        with open(garbage, "wb") as fh:
+            fh.write(b"this is not an SQLite file at all" * 64)
+        empty = self.path("empty.db")
+        open(empty, "wb").close()
+        _, version = fleet_schema()
+        newer = write_fleet_db(self.path("newer.db"), user_version=version + 1)
+        foreign = self.path("foreign.db")
+        con = sqlite3.connect(foreign)
+        con.execute("PRAGMA application_id = 1234")
+        con.execute("CREATE TABLE t(x)")
+        con.close()
+        db = self.db
+        cases = [
+            (["--db", self.path("nosuch.db"), "--run", "1"], 1, [self.path("nosuch.db"), "no such fleet database"]),
+            (["--db", garbage, "--run", "1"], 1, [garbage, "not an SQLite database"]),
+            (["--db", empty, "--run", "1"], 1, [empty, "not a fleetdl database"]),
+            (["--db", foreign, "--run", "1"], 1, [foreign, "not a fleetdl database"]),
+            (["--db", newer, "--run", "1"], 1,
+             [newer, "schema version %d is newer" % (version + 1), "use a newer fleetdl"]),
+            (["--db", self.tmp, "--run", "1"], 1, [self.tmp, "not a regular file"]),
+            (["--db", db, "--run", "7"], 1, [db, "no run 7"]),
+            (["--db", db, "--run", "1", "--format", "xml"], 2, ["--format", "unknown format 'xml'"]),
+            (["--db", db, "--run", "x"], 2, ["--run", "not an integer"]),
+            (["--db", db, "--run", "0"], 2, ["--run", "out of range"]),
+            (["--run", "1"], 2, ["--db", "required"]),
+            (["--db", db], 2, ["--run", "required"]),
+            (["--db", db, "--run", "1", "--json"], 2, ["unknown flag", "--json"]),
+            (["--db", db, "--run", "1", "extra"], 2, ["unexpected argument 'extra'"]),
+        ]
+        for extra, code, needles in cases:
+            with self.subTest(args=extra):
+                self.check_error(["report", "--out", out] + extra, code, "report", needles, out=out)
+        self.check_error(["report", "--db", db, "--run", "1"], 2, "report", ["--out", "required"])
+        self.check_error(["report", "--db", db, "--run", "1", "--out", self.path("r.txt")], 2, "report",
+                         ["--format", "required", "r.txt"])
+        self.check_error(["report", "--db", db, "--run", "1", "--out", self.path("nodir", "r.html")], 1, "report",
+                         [self.path("nodir"), "does not exist"])
+        os.mkdir(self.path("adir"))
+        self.check_error(["report", "--db", db, "--run", "1", "--format", "csv", "--out", self.path("adir")], 1,
+                         "report", [self.path("adir"), "is a directory"])
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
@@ -2071,6 +2294,7 @@ GROUPS = {
     "nonn": [NonnCli],
     "micro": [MicroCli],
     "compress": [CompressCli],
+    "report": [ReportCli],
 }
 
 
