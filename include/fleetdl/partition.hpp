@@ -9,3 +9,4 @@
 #include "fleetdl/partition/filter_graph.hpp"
 #include "fleetdl/partition/assign.hpp"
 #include "fleetdl/partition/nonn.hpp"
+#include "fleetdl/partition/placement.hpp"

@@ -7,6 +7,8 @@
 #include "fleetdl/partition.hpp"
 
 #include "fleetdl/core/json.hpp"
+#include "fleetdl/nn/zoo.hpp"
+#include "fleetdl/sim/profile.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -759,4 +761,138 @@ TEST_CASE("bad input: clear errors naming the parameter", "[partition]") {
   m = pt::assign_students(comms(4, {{0, 1}, {2, 7}}), 4, {1, pt::AssignMode::balanced, false});
   REQUIRE_FALSE(m.ok());
   CHECK_THAT(m.error().message, Contains("community 1 has node 7, outside [0, 4)"));
+}
+
+// --------------------------------------------------------------------------
+// Placement (partition/placement.hpp): modules onto devices within memory
+// budgets, balancing predicted time. Numbers worked out by hand.
+
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+pt::DeviceCapacity dev(const char* name, double mib, double macs_per_s, double link = 1e6) {
+  return pt::DeviceCapacity{name, mib * kMiB, macs_per_s, link};
+}
+pt::ModuleDemand mod(const char* name, double mib, double macs, double in = 0, double out = 0) {
+  return pt::ModuleDemand{name, mib * kMiB, macs, in, out};
+}
+
+}  // namespace
+
+TEST_CASE("placement: longest first, each to the device that finishes it soonest", "[partition][placement]") {
+  const std::vector<pt::DeviceCapacity> devs{dev("a", 1, 2e9), dev("b", 1, 1e9), dev("c", 4, 0.5e9)};
+  // m1 is given first but m0 has the most MACs: m0 -> a (2 s; b 4 s, c 8 s),
+  // m1 -> b (2 s; c 4 s), m2 -> c (2 s)
+  const std::vector<pt::ModuleDemand> mods{mod("m1", 0.5, 2e9), mod("m0", 0.5, 4e9), mod("m2", 0.5, 1e9, 2e5, 3e5)};
+  auto p = pt::place_modules(mods, devs);
+  REQUIRE(p);
+  CHECK(p->device == std::vector<Index>{1, 0, 2});
+  CHECK(p->module_seconds[0] == Approx(2.0));
+  CHECK(p->module_seconds[1] == Approx(2.0));
+  CHECK(p->module_seconds[2] == Approx(2.0 + 0.5));  // 1e9 / 0.5e9 + (2e5 + 3e5) / 1e6
+  CHECK(p->makespan == Approx(2.5));
+  CHECK(p->device_memory[2] == Approx(0.5 * kMiB));
+  CHECK_FALSE(p->packed_by_memory);
+
+  SECTION("memory comes first: a module only c can hold goes to c, however slow") {
+    const std::vector<pt::ModuleDemand> big{mod("big", 2, 4e9), mod("small", 0.5, 1e9)};
+    auto q = pt::place_modules(big, devs);
+    REQUIRE(q);
+    CHECK(q->device == std::vector<Index>{2, 0});
+    CHECK(q->makespan == Approx(8.0));
+  }
+}
+
+TEST_CASE("placement: shared devices balance the load; ties go to the tighter fit, then the lower index",
+          "[partition][placement]") {
+  const std::vector<pt::DeviceCapacity> devs{dev("x", 8, 1e9), dev("y", 8, 1e9)};
+  const std::vector<pt::ModuleDemand> mods{mod("p", 1, 3e9), mod("q", 1, 2e9), mod("r", 1, 2e9), mod("s", 1, 1e9)};
+  pt::PlacementOptions o;
+  o.exclusive = false;
+  auto p = pt::place_modules(mods, devs, o);
+  REQUIRE(p);
+  // p -> x (tie on time and room: lower index); q -> y; r -> y (2+2 = 4 < 3+2 = 5); s -> x (3+1 = 4 < 4+1)
+  CHECK(p->device == std::vector<Index>{0, 1, 1, 0});
+  CHECK(p->device_seconds == std::vector<double>{4.0, 4.0});
+  CHECK(p->makespan == Approx(4.0));
+}
+
+TEST_CASE("placement: when time-first strands a module, memory-first packs it", "[partition][placement]") {
+  // time first: a (3 GMAC) -> d1 (the tighter fit on a tie), b (6 MiB) -> d0,
+  // c (5 MiB) fits neither (d0 has 4 MiB left, d1 1 MiB). Memory first: b -> d1
+  // (exactly full), a -> d0, c -> d0.
+  const std::vector<pt::DeviceCapacity> devs{dev("d0", 10, 1e9), dev("d1", 6, 1e9)};
+  const std::vector<pt::ModuleDemand> mods{mod("a", 5, 3e9), mod("b", 6, 2e9), mod("c", 5, 1e9)};
+  pt::PlacementOptions o;
+  o.exclusive = false;
+  auto p = pt::place_modules(mods, devs, o);
+  REQUIRE(p);
+  CHECK(p->packed_by_memory);
+  CHECK(p->device == std::vector<Index>{0, 1, 0});
+  CHECK(p->device_memory[0] == Approx(10 * kMiB));
+  CHECK(p->device_memory[1] == Approx(6 * kMiB));
+  CHECK(p->makespan == Approx(4.0));
+}
+
+TEST_CASE("placement: impossible or invalid input is a one-line error naming the culprit", "[partition][placement]") {
+  const std::vector<pt::DeviceCapacity> devs{dev("small", 1, 1e9), dev("large", 2, 1e9)};
+  struct Row {
+    const char* what;
+    std::vector<pt::ModuleDemand> mods;
+    std::vector<pt::DeviceCapacity> devs;
+    bool exclusive;
+    std::vector<const char*> needles;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<Row> rows{
+      {"larger than every budget", {mod("ok", 0.5, 1), mod("huge", 3, 1)}, devs, true,
+       {"module 'huge'", "3.0 MiB", "more than every device's budget", "'large'", "2.0 MiB"}},
+      {"more modules than devices", {mod("m0", 0.1, 1), mod("m1", 0.1, 1), mod("m2", 0.1, 1)}, devs, true,
+       {"3 modules but only 2 devices"}},
+      {"cannot pack", {mod("u", 1.5, 3), mod("v", 1.5, 2), mod("w", 1, 1)}, devs, false,
+       {"module '", "fits no device's remaining memory"}},
+      {"no modules", {}, devs, true, {"no modules"}},
+      {"no devices", {mod("m", 0.1, 1)}, {}, true, {"no devices"}},
+      {"zero budget", {mod("m", 0.1, 1)}, {dev("z", 0, 1e9)}, true, {"device 'z'", "memory budget"}},
+      {"NaN MAC/s", {mod("m", 0.1, 1)}, {dev("n", 1, nan)}, true, {"device 'n'", "MAC/s"}},
+      {"zero link", {mod("m", 0.1, 1)}, {dev("l", 1, 1e9, 0)}, true, {"device 'l'", "link"}},
+      {"negative MACs", {mod("neg", 0.1, -1)}, devs, true, {"module 'neg'", "finite and >= 0"}},
+      {"infinite bytes", {mod("inf", 0.1, 1, std::numeric_limits<double>::infinity())}, devs, true,
+       {"module 'inf'"}},
+  };
+  for (const auto& row : rows) {
+    SECTION(row.what) {
+      pt::PlacementOptions o;
+      o.exclusive = row.exclusive;
+      auto p = pt::place_modules(row.mods, row.devs, o);
+      REQUIRE_FALSE(p);
+      CHECK(p.error().message.find('\n') == std::string::npos);
+      for (const char* n : row.needles) CHECK_THAT(p.error().message, Contains(n));
+    }
+  }
+}
+
+TEST_CASE("placement: demands come from the model's cost report", "[partition][placement]") {
+  auto m = fleetdl::nn::make_model<float>("lenet5");
+  REQUIRE(m);
+  const auto report = m->cost_report();
+  const auto cost = fleetdl::sim::model_cost(report, sizeof(float));
+  const auto t = pt::training_demand("lenet5", *m, 32, 600.0, 1, 0);
+  // the agent refuses by sim::training_memory_bytes; placement must agree
+  CHECK(t.memory_bytes == fleetdl::sim::training_memory_bytes(cost, 32, 1, 0));
+  CHECK(t.macs == 3.0 * cost.forward_macs_per_sample * 600.0);
+  CHECK(t.bytes_in == static_cast<double>(m->param_count()) * 4.0);
+  CHECK(t.bytes_out == t.bytes_in);
+
+  const auto i = pt::inference_demand("lenet5", *m);
+  double weights = 0, peak = 0;
+  for (const auto& r : report) {
+    weights += static_cast<double>(r.weight_bytes);
+    peak = std::max(peak, static_cast<double>(r.act_in_bytes + r.act_out_bytes));
+  }
+  CHECK(i.memory_bytes == weights + peak);
+  CHECK(i.macs == cost.forward_macs_per_sample);
+  CHECK(i.bytes_in == 28.0 * 28.0 * 4.0);
+  CHECK(i.bytes_out == 10.0 * 4.0);
 }
