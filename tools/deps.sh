@@ -25,6 +25,7 @@ packages=(
   libsqlite3-dev         # the orchestrator's record (orchestrator/core)
   libasio-dev            # device <-> orchestrator transport (orchestrator/core, device agent)
   libssl-dev             # mutual TLS 1.3 and the fleet CA (orchestrator/core)
+  iproute2               # ip netns / veth: the discovery test between network namespaces
   cmake                  # CMake consumer test of the installed package
   dataset-fashion-mnist  # the main job's data set (/usr/share/datasets/fashion-mnist)
 )

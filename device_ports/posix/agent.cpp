@@ -872,6 +872,9 @@ struct Agent::Impl {
     const std::uint64_t dev = c->enroll ? 0 : self->device_id_;
     auto bytes = wire::encode_message(m, wire::Binding{dev, c->run, round, *s}, limits);
     if (!bytes) return close(c, wire::CloseReason::internal_error, bytes.error().message, false);
+    // the frame sizes of a round, for comparing with the orchestrator's record
+    if ((*bytes)[5] == static_cast<std::uint8_t>(wire::MessageType::update))
+      say("round " + std::to_string(round) + ": update sent, " + std::to_string(bytes->size()) + " bytes");
     c->out.push_back(std::move(*bytes));
     pump(c);
   }
@@ -955,6 +958,9 @@ struct Agent::Impl {
     if (f.header.binding.run != 0) c->run = f.header.binding.run;
     const std::uint32_t round = f.header.binding.round;
     const auto type = f.header.type;
+    if (type == wire::MessageType::train_round)
+      say("round " + std::to_string(round) + ": train_round received, " +
+          std::to_string(wire::kFrameOverhead + f.payload.size()) + " bytes");
     if (c->enroll) {
       if (auto* ack = std::get_if<wire::EnrollAck>(&*msg)) return on_enroll_ack(c, *ack);
       if (auto* e = std::get_if<wire::ErrorNotice>(&*msg))

@@ -206,5 +206,7 @@ int eval_micro_blob(const std::string& cmd, const std::string& path, std::vector
 int cmd_compress(int argc, char** argv);
 // Reports of a run from the fleet database (report.cpp).
 int cmd_report(int argc, char** argv);
+// The fleet runtime's commands: up, down, token, run, resume (fleet.cpp).
+int cmd_fleet(int argc, char** argv);
 
 }  // namespace fleetdl::cli

@@ -58,6 +58,7 @@ constexpr const char* kUsage =
     "  export-header  embed a verified int8 micro model blob in a C/C++ header\n"
     "  compress  structured/magnitude pruning, clustering, int8 quantization with per-stage report\n"
     "  report  a run of the fleet database as HTML (SVG charts), CSV or JSON\n"
+    "  fleet up|down|token|run|resume  local agents, enrollment tokens, federated runs on a real fleet\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -107,7 +108,12 @@ constexpr const char* kUsage =
     "              [--distill T.fdl --temperature T (4) --alpha X (0.9)] --finetune-epochs E (1) --lr X (0.001)\n"
     "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
     "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n"
-    "report options: --db FLEET.db --run ID --out PATH [--format html|csv|json (default: --out's extension)]\n";
+    "report options: --db FLEET.db --run ID --out PATH [--format html|csv|json (default: --out's extension)]\n"
+    "fleet up options: --devices N [--profiles FILE] [--db fleet.db] [--agent PATH] [--host H]\n"
+    "              [--enroll-port P (47801)] [--fleet-port P (47802)] [--ttl S] [--data-dir DIR] [--seed S]\n"
+    "fleet down options: [--db fleet.db]    fleet token options: [--db fleet.db] [--count N] [--ttl S]\n"
+    "fleet run options: --config FILE (docs/fleet.md) [--db fleet.db] [--threads T] [--data-dir DIR] [--json]\n"
+    "fleet resume options: [--db fleet.db] [--run ID (default: the newest unfinished)] [--threads T] [--json]\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -534,12 +540,17 @@ int main(int argc, char** argv) {
     if (cmd == "export-header") return finish(cmd, cmd_export_header(argc - 2, argv + 2));
     if (cmd == "compress") return finish(cmd, cmd_compress(argc - 2, argv + 2));
     if (cmd == "report") return finish(cmd, cmd_report(argc - 2, argv + 2));
+    if (cmd == "fleet") return finish(cmd, cmd_fleet(argc - 2, argv + 2));
     if (cmd == "infer-student") return finish(cmd, cmd_infer_student(argc - 2, argv + 2));
   } catch (const UsageError& e) {
     // "fl simulate" errors carry the subcommand, like its config errors
     const bool fl_sim = cmd == "fl" && argc > 2 && std::string(argv[2]) == "simulate";
     const bool nonn = cmd == "partition" && argc > 2 && std::string(argv[2]) == "nonn";
-    return fail(fl_sim ? "fl simulate" : nonn ? "partition nonn" : cmd, e.msg + " (see fleetdl --help)", 2);
+    const std::string fleet_sub = cmd == "fleet" && argc > 2 ? "fleet " + std::string(argv[2]) : std::string();
+    const bool fleet_known = fleet_sub == "fleet up" || fleet_sub == "fleet down" || fleet_sub == "fleet token" ||
+                             fleet_sub == "fleet run" || fleet_sub == "fleet resume";
+    return fail(fl_sim ? "fl simulate" : nonn ? "partition nonn" : fleet_known ? fleet_sub : cmd,
+                e.msg + " (see fleetdl --help)", 2);
   }
   std::fprintf(stderr, "fleetdl: unknown command '%s' (see fleetdl --help)\n", cmd.c_str());
   return 2;

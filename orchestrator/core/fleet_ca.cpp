@@ -217,8 +217,7 @@ Result<std::string> x509_fingerprint(const X509* x) {
   return to_hex(md.data(), len);
 }
 
-Result<std::string> x509_common_name(const X509* x) {
-  const X509_NAME* name = X509_get_subject_name(x);
+Result<std::string> name_common_name(const X509_NAME* name) {
   int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
   if (idx < 0) return make_error(Errc::not_found, "certificate subject has no CN");
   if (X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0)
@@ -231,6 +230,8 @@ Result<std::string> x509_common_name(const X509* x) {
   OPENSSL_free(utf8);
   return cn;
 }
+
+Result<std::string> x509_common_name(const X509* x) { return name_common_name(X509_get_subject_name(x)); }
 
 /// "cam-3" for messages; "(no CN)" when the CN cannot be read.
 std::string cn_label(const X509* x) {
@@ -926,6 +927,25 @@ Result<std::string> cert_common_name(std::string_view cert_pem) {
   auto x = parse_cert(cert_pem, "certificate");
   if (!x) return std::move(x).error();
   return x509_common_name(x->get());
+}
+
+Result<std::string> csr_common_name(std::string_view csr_pem) {
+  ERR_clear_error();
+  if (csr_pem.size() > kMaxCsrPemBytes)
+    return make_error(Errc::limit_exceeded, "CSR: " + std::to_string(csr_pem.size()) + " bytes exceeds " +
+                                                std::to_string(kMaxCsrPemBytes));
+  auto bio = mem_bio(csr_pem);
+  if (!bio) return std::move(bio).error();
+  ReqPtr req(PEM_read_bio_X509_REQ(bio->get(), nullptr, no_password, nullptr));
+  if (!req) return ossl_error(Errc::bad_magic, "CSR: not a PEM certificate request");
+  EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
+  if (pub == nullptr || X509_REQ_verify(req.get(), pub) != 1)
+    return ossl_error(Errc::corrupt, "CSR: signature does not verify (the requester does not hold the key)");
+  auto cn = name_common_name(X509_REQ_get_subject_name(req.get()));
+  if (!cn) return make_error(cn.error().code, "CSR: " + cn.error().message);
+  if (!is_valid_device_name(*cn))
+    return make_error(Errc::invalid_argument, "CSR: subject CN " + shown(*cn) + " is not a valid device name");
+  return cn;
 }
 
 Result<PeerIdentity> verify_device_cert(std::string_view ca_cert_pem, std::string_view cert_pem) {

@@ -139,6 +139,11 @@ Result<std::string> fingerprint_sha256(std::string_view cert_pem);
 /// The certificate's single subject CN (an error if absent or repeated).
 Result<std::string> cert_common_name(std::string_view cert_pem);
 
+/// The subject CN of a certificate request (the name an enrolling agent asks
+/// for), after checking the request's signature and the device-name rule.
+/// The orchestrator still issues the certificate through issue_device_cert().
+Result<std::string> csr_common_name(std::string_view csr_pem);
+
 /// Verifies (X509_verify_cert, this CA as the only trust anchor, current time,
 /// purpose sslclient) that `cert_pem` is a device certificate issued by the CA
 /// in `ca_cert_pem`; returns its CN and fingerprint.

@@ -50,7 +50,10 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -2284,6 +2287,181 @@ class ReportCli(CliTestCase):
                          "report", [self.path("adir"), "is a directory"])
 
 
+def free_ports(n):
+    """n TCP ports free on 127.0.0.1 right now (the kernel's choice)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+class FleetCli(CliTestCase):
+    """fleet up / run / down on loopback with real agents (fleetdl-agent, next
+    to fleetdl in the build tree), real TLS and a real SQLite file: 8 agents
+    train 2 rounds; every cost row equals the frame sizes the agents logged
+    on their side; bad configs, a newer database and a module larger than
+    every device each give one line and leave the database as it was."""
+
+    SMALL = {
+        "seed": 3, "rounds": 2, "clients": 8, "model": "lenet300_100",
+        "dataset": {"train_limit": 2400, "test_limit": 300},
+        "partition": {"kind": "iid"},
+        "client": {"lr": 0.05, "momentum": 0.9, "epochs": 1, "batch": 32},
+        "strategy": {"name": "fedavg"},
+        "codec": {"kind": "q8"},
+    }
+
+    def setUp(self):
+        super().setUp()
+        self.db = self.path("fleet.db")
+        self.enroll_port, self.fleet_port = free_ports(2)
+        self.up = False
+
+    def tearDown(self):
+        if self.up:
+            run(["fleet", "down", "--db", self.db])
+        super().tearDown()
+
+    def config(self, **fleet):
+        c = json.loads(json.dumps(self.SMALL))
+        f = {"enroll_port": self.enroll_port, "fleet_port": self.fleet_port, "discovery": False,
+             "wait_seconds": 60, "round_deadline_seconds": 120, "heartbeat_ms": 500}
+        f.update(fleet)
+        c["fleet"] = f
+        return c
+
+    def write_config(self, c, name="run.json"):
+        path = self.path(name)
+        with open(path, "w") as fh:
+            json.dump(c, fh)
+        return path
+
+    def fleet_up(self, n, profiles=None):
+        args = ["fleet", "up", "--devices", str(n), "--db", self.db, "--enroll-port", str(self.enroll_port),
+                "--fleet-port", str(self.fleet_port)]
+        if profiles is not None:
+            pf = self.path("profiles.json")
+            with open(pf, "w") as fh:
+                json.dump(profiles, fh)
+            args += ["--profiles", pf]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.up = True
+        return p
+
+    def agent_log_sizes(self):
+        """{(agent name, round): (train_round bytes, update bytes)} from the agents' logs."""
+        sizes = {}
+        root = self.db + ".agents"
+        for name in sorted(os.listdir(root)):
+            log = os.path.join(root, name, "agent.log")
+            if not os.path.isfile(log):
+                continue
+            with open(log) as fh:
+                for line in fh:
+                    m = re.search(r"round (\d+): (train_round received|update sent), (\d+) bytes", line)
+                    if m:
+                        key = (name, int(m.group(1)))
+                        down, up = sizes.get(key, (None, None))
+                        if m.group(2).startswith("train"):
+                            down = int(m.group(3))
+                        else:
+                            up = int(m.group(3))
+                        sizes[key] = (down, up)
+        return sizes
+
+    def test_eight_agents_train_and_costs_equal_the_bytes_sent(self):
+        self.fleet_up(8, [{"name": "fast", "budget_bytes": 64 << 20}, {"name": "slow", "budget_bytes": 32 << 20,
+                                                                       "slowdown": 2}])
+        cfg = self.write_config(self.config())
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        lines = [json.loads(l) for l in p.stdout.splitlines()]
+        self.assertEqual([l.get("round") for l in lines[:-1]], [1, 2], describe(args, p))
+        self.assertEqual(lines[-1]["run"], 1)
+        for r in lines[:-1]:
+            self.assertEqual((r["status"], r["selected"], r["completed"]), ("committed", 8, 8), describe(args, p))
+            self.assertGreater(r["accuracy"], 0.3)
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 1").fetchone()[0], "finished")
+            rows = con.execute("SELECT d.name, c.round, c.bytes_down, c.bytes_up, c.status, c.examples "
+                               "FROM device_round_costs c JOIN devices d ON d.id = c.device "
+                               "WHERE c.run = 1 ORDER BY c.round, d.name").fetchall()
+            totals = con.execute("SELECT round, bytes_up, bytes_down FROM rounds WHERE run = 1 ORDER BY round").fetchall()
+            checkpoints = con.execute("SELECT COUNT(*) FROM checkpoints WHERE run = 1").fetchone()[0]
+        finally:
+            con.close()
+        self.assertEqual(len(rows), 16)
+        self.assertEqual(checkpoints, 2)
+        logged = self.agent_log_sizes()
+        for name, rnd, down, up, status, examples in rows:
+            self.assertEqual(status, "ok")
+            self.assertEqual(examples, 2400 // 8)
+            # what the orchestrator recorded == what the agent counted on its side
+            self.assertEqual(logged.get((name, rnd)), (down, up), "%s round %d" % (name, rnd))
+        for rnd, up, down in totals:
+            self.assertEqual(up, sum(r[3] for r in rows if r[1] == rnd))
+            self.assertEqual(down, sum(r[2] for r in rows if r[1] == rnd))
+
+    def test_module_larger_than_every_device(self):
+        self.fleet_up(2, [{"name": "tiny", "budget_bytes": 65536}])
+        c = self.config(wait_seconds=3)
+        c["clients"] = 2
+        cfg = self.write_config(c)
+        before = None
+        self.check_error(["fleet", "run", "--config", cfg, "--db", self.db], 1, "fleet run",
+                         ["module 'lenet300_100'", "more than every connected device's budget"])
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0], 0)
+        finally:
+            con.close()
+        del before
+
+    def test_bad_configs_write_nothing(self):
+        rows = [
+            ("unknown top-level key", {"bogus": 1}, None, ["bogus", "unknown key"]),
+            ("unknown fleet key", {}, {"wait": 3}, ["fleet.wait", "unknown key"]),
+            ("impossible deadline", {}, {"round_deadline_seconds": -1}, ["fleet.round_deadline_seconds", "> 0"]),
+            ("bad port", {}, {"fleet_port": 70000}, ["fleet.fleet_port"]),
+            ("bad bind", {}, {"bind": "not-an-ip"}, ["fleet.bind", "not-an-ip"]),
+            ("zero rounds", {"rounds": 0}, None, ["rounds"]),
+            ("simulation-only strategy", {"strategy": {"name": "heterofl"}}, None, ["strategy.name", "heterofl"]),
+            ("oort", {"selection": {"policy": "oort"}}, None, ["selection.policy", "oort"]),
+        ]
+        for what, top, fleet, needles in rows:
+            with self.subTest(what):
+                c = self.config(**(fleet or {}))
+                c.update(top)
+                cfg = self.write_config(c, "bad.json")
+                self.check_error(["fleet", "run", "--config", cfg, "--db", self.db], 2, "fleet run", [cfg] + needles)
+                self.assertFalse(os.path.exists(self.db), what + ": the database was created")
+
+    def test_newer_database_is_refused_unchanged(self):
+        con = sqlite3.connect(self.db)
+        con.execute("CREATE TABLE t (x)")
+        con.execute("PRAGMA application_id = %d" % 0x46444C46)
+        con.execute("PRAGMA user_version = 99")
+        con.commit()
+        con.close()
+        with open(self.db, "rb") as fh:
+            before = fh.read()
+        cfg = self.write_config(self.config())
+        self.check_error(["fleet", "run", "--config", cfg, "--db", self.db], 1, "fleet run",
+                         ["schema version 99", "newer"])
+        self.check_error(["fleet", "token", "--db", self.db], 1, "fleet token", ["schema version 99"])
+        with open(self.db, "rb") as fh:
+            self.assertEqual(fh.read(), before)
+
+
 GROUPS = {
     "usage": [UsageErrors],
     "bad-data": [DataAndModelErrors],
@@ -2295,11 +2473,12 @@ GROUPS = {
     "micro": [MicroCli],
     "compress": [CompressCli],
     "report": [ReportCli],
+    "fleet": [FleetCli],
 }
 
 
 # Groups that need the real Fashion-MNIST (exit 77 without it).
-NEEDS_DATASET = {"train-eval", "fl-simulate", "nonn", "compress"}
+NEEDS_DATASET = {"train-eval", "fl-simulate", "nonn", "compress", "fleet"}
 
 
 def main(argv):

@@ -1,0 +1,787 @@
+// orchestrator/core/fleet_run.cpp — see fleet_run.hpp.
+#include "fleet_run.hpp"
+
+#include "discovery.hpp"
+#include "fleet_ca.hpp"
+#include "fleet_server.hpp"
+
+#include "fleetdl/core/crc32.hpp"
+#include "fleetdl/core/json.hpp"
+#include "fleetdl/core/parallel.hpp"
+#include "fleetdl/data/dataset.hpp"
+#include "fleetdl/fl/codec.hpp"
+#include "fleetdl/fl/selection.hpp"
+#include "fleetdl/io/fdl.hpp"
+#include "fleetdl/nn/train.hpp"
+#include "fleetdl/nn/zoo.hpp"
+#include "fleetdl/partition/placement.hpp"
+#include "fleetdl/sim/simulator.hpp"
+
+#include <asio.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace fleetdl::core {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::uint64_t kRoundTag = 0x464C5254524E44ULL;  // the rounds' stream
+constexpr std::size_t kChunkBytes = 64 * 1024;
+
+Clock::time_point after(Clock::time_point t, double seconds) {
+  return t + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+Error fail_cfg(const std::string& path, const Error& e) { return make_error(e.code, path + ": " + e.message); }
+
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6g", v);
+  return b;
+}
+
+/// The partition object of the config as the agents parse it (sim's keys).
+std::string partition_spec_json(const sim::PartitionSpec& p) {
+  std::ostringstream o;
+  o << "{\"kind\":\"" << p.kind << "\"";
+  if (p.kind == "dirichlet") o << ",\"alpha\":" << json::number(p.alpha) << ",\"min_size\":" << p.min_size;
+  if (p.kind == "shards") o << ",\"shards_per_client\":" << p.shards_per_client;
+  if (p.kind == "k_labels") o << ",\"labels_per_client\":" << p.labels_per_client;
+  o << "}";
+  return o.str();
+}
+
+wire::CodecId codec_id(sim::UpdateCodec c) {
+  switch (c) {
+    case sim::UpdateCodec::fp16: return wire::CodecId::fp16;
+    case sim::UpdateCodec::q8: return wire::CodecId::quant8;
+    case sim::UpdateCodec::q4: return wire::CodecId::quant4;
+    case sim::UpdateCodec::q2: return wire::CodecId::quant2;
+    case sim::UpdateCodec::topk: return wire::CodecId::topk_pairs;
+    case sim::UpdateCodec::none: break;
+  }
+  return wire::CodecId::raw_f32;
+}
+
+Blob float_bytes(const Vector<float>& v) {
+  Blob b(static_cast<std::size_t>(v.size()) * sizeof(float));
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+Result<Vector<float>> floats_of(const Blob& b, Index expect, const std::string& what) {
+  if (b.size() != static_cast<std::size_t>(expect) * sizeof(float))
+    return make_error(Errc::corrupt, what + ": " + std::to_string(b.size()) + " bytes, the model needs " +
+                                         std::to_string(expect * static_cast<Index>(sizeof(float))));
+  Vector<float> v(expect);
+  if (expect > 0) std::memcpy(v.data(), b.data(), b.size());
+  return v;
+}
+
+/// Everything one run needs, for a new run and for a resumed one.
+class Engine {
+ public:
+  Engine(const FleetConfig& cfg, const FleetRunOptions& o) : cfg_(cfg), o_(o) {}
+
+  Result<std::int64_t> start(const std::string& config_text) {
+    FLEETDL_TRY(prepare());
+    // no run is recorded until its devices are there: a fleet that cannot
+    // hold the module leaves the runs table as it was
+    FLEETDL_TRY(gather_new());
+    auto run = store_->create_run(RunKind::train, config_text, cfg_.fl.seed, unix_ms_now());
+    if (!run) return std::move(run).error();
+    run_ = *run;
+    log("run " + std::to_string(run_) + ": " + bundle_.strategy->name() + " on " + cfg_.fl.model + ", " +
+        std::to_string(cfg_.fl.clients) + " devices, " + std::to_string(cfg_.fl.sim.rounds) + " rounds");
+    event("run_started", "run " + std::to_string(run_) + " started");
+    auto r = record_assignments();
+    if (r) r = drive(1, false);
+    return finish(std::move(r));
+  }
+
+  Result<std::int64_t> resume(std::int64_t run) {
+    run_ = run;
+    FLEETDL_TRY(prepare());
+    auto rec = store_->run(run);
+    if (!rec) return std::move(rec).error();
+    if (rec->status == RunStatus::finished)
+      return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " is finished; nothing to resume");
+    if (!bundle_.no_checkpoint.empty())
+      return make_error(Errc::unsupported, "run " + std::to_string(run) + " cannot be resumed: " + bundle_.no_checkpoint);
+    auto last = store_->last_committed_round(run);
+    if (!last) return std::move(last).error();
+    std::int64_t from = 1;
+    if (*last) {
+      auto p = floats_of((*last)->checkpoint.parameters, model_.param_count(), "checkpoint of round " +
+                                                                               std::to_string((*last)->round.round));
+      if (!p) return std::move(p).error();
+      model_.params() = *p;
+      if (bundle_.scaffold && !(*last)->checkpoint.state.empty()) {
+        auto c = floats_of((*last)->checkpoint.state, model_.param_count(), "SCAFFOLD state of the checkpoint");
+        if (!c) return std::move(c).error();
+        bundle_.scaffold->restore_control(std::move(*c));
+      }
+      from = (*last)->round.round + 1;
+    }
+    auto next = store_->next_round(run);
+    if (!next) return std::move(next).error();
+    from = std::max<std::int64_t>(from, *next);
+    // the same devices on the same shards
+    auto as = store_->assignments(run);
+    if (!as) return std::move(as).error();
+    for (const auto& a : *as) shard_device_.push_back(a.device);
+    if (shard_device_.empty())
+      return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " has no module assignments to resume with");
+    (void)store_->set_run_status(run, RunStatus::running, unix_ms_now());
+    log("run " + std::to_string(run_) + ": resuming at round " + std::to_string(from) + " of " +
+        std::to_string(cfg_.fl.sim.rounds));
+    event("run_resumed", "run " + std::to_string(run_) + " resumed at round " + std::to_string(from));
+    auto r = drive(from, true);
+    return finish(std::move(r));
+  }
+
+  ~Engine() {
+    if (disc_) disc_->stop();
+    disc_work_.reset();
+    disc_io_.stop();
+    if (disc_thread_.joinable()) disc_thread_.join();
+  }
+
+ private:
+  // ------------------------------------------------------------ setup
+  Result<void> prepare() {
+    auto st = Store::open(o_.db_path);
+    if (!st) return std::move(st).error();
+    store_.emplace(std::move(*st));
+    std::error_code ec;
+    auto ca = std::filesystem::exists(o_.ca_dir / "ca.crt", ec) ? FleetCa::load(o_.ca_dir) : FleetCa::create(o_.ca_dir);
+    if (!ca) return std::move(ca).error();
+    ca_.emplace(std::move(*ca));
+
+    const std::string dir = o_.data_dir.empty() ? cfg_.fl.dataset_dir : o_.data_dir;
+    auto test = data::load_fashion_mnist<float>(dir, false, cfg_.fl.test_limit);
+    if (!test) return std::move(test).error();
+    test_ = std::move(*test);
+    auto model = nn::make_model<float>(cfg_.fl.model, test_.shape, test_.classes);
+    if (!model) return std::move(model).error();
+    model_ = std::move(*model);
+    model_.init(Rng(cfg_.fl.seed).fork(0x1417).next_u64());  // as `fl simulate`
+    auto bundle = sim::make_strategy<float>(cfg_.fl, &model_);
+    if (!bundle) return std::move(bundle).error();
+    bundle_ = std::move(*bundle);
+    pool_.emplace(std::max(1, o_.threads));
+
+    // the frames this model needs: a round's parameters (and SCAFFOLD's
+    // control variate) in one frame
+    const auto d = static_cast<std::size_t>(model_.param_count());
+    limits_.max_train_params = std::max<std::size_t>(limits_.max_train_params, d);
+    limits_.max_frame_payload = std::max<std::size_t>(limits_.max_frame_payload, 2 * d * sizeof(float) + 64 * 1024);
+
+    ServerOptions so;
+    so.db_path = o_.db_path;
+    so.bind_address = cfg_.fleet.bind_address;
+    so.enroll_port = cfg_.fleet.enroll_port;
+    so.fleet_port = cfg_.fleet.fleet_port;
+    so.heartbeat_ms = cfg_.fleet.heartbeat_ms;
+    so.limits = limits_;
+    if (cfg_.fleet.bind_address != "127.0.0.1" && cfg_.fleet.bind_address != "0.0.0.0")
+      so.server_names.push_back(cfg_.fleet.bind_address);
+    auto srv = FleetServer::start(so, *ca_);
+    if (!srv) return std::move(srv).error();
+    server_ = std::move(*srv);
+    log("listening on " + cfg_.fleet.bind_address + ": enrollment port " + std::to_string(server_->enroll_port()) +
+        ", fleet port " + std::to_string(server_->fleet_port()));
+    if (cfg_.fleet.discovery) FLEETDL_TRY(start_discovery());
+    return success();
+  }
+
+  Result<void> start_discovery() {
+    ListenerOptions lo;
+    lo.port = cfg_.fleet.discovery_port;
+    lo.enroll_port = server_->enroll_port();
+    lo.fleet_port = server_->fleet_port();
+    const std::string& fp = ca_->ca_fingerprint_sha256();
+    for (std::size_t i = 0; i < lo.ca_fingerprint.size() && 2 * i + 1 < fp.size(); ++i)
+      lo.ca_fingerprint[i] = static_cast<std::uint8_t>(std::stoi(fp.substr(2 * i, 2), nullptr, 16));
+    std::uint64_t id = 0;
+    for (std::size_t i = 0; i < 8; ++i) id = (id << 8) | lo.ca_fingerprint[i];
+    lo.fleet_id = id == 0 ? 1 : id;
+    disc_.emplace(disc_io_, lo);
+    auto ok = disc_->start();
+    if (!ok) return make_error(ok.error().code, "discovery: " + ok.error().message);
+    disc_work_.emplace(asio::make_work_guard(disc_io_));
+    disc_thread_ = std::thread([this] { disc_io_.run(); });
+    log("discovery: answering announcements on UDP port " + std::to_string(disc_->local_port()));
+    return success();
+  }
+
+  // ------------------------------------------------------------ devices
+  partition::ModuleDemand demand() const {
+    const double examples = cfg_.fl.train_limit > 0 ? static_cast<double>(cfg_.fl.train_limit) : 60000.0;
+    return partition::training_demand<float>(cfg_.fl.model, model_, cfg_.fl.client.batch,
+                                             examples / static_cast<double>(cfg_.fl.clients) * cfg_.fl.client.epochs,
+                                             cfg_.fl.client.momentum > 0.0 ? 1 : 0, bundle_.scaffold ? 2 : 0);
+  }
+
+  /// New run: wait until `clients` devices that can hold the module are
+  /// connected, then give them shards in device-id order.
+  Result<void> gather_new() {
+    const auto want = static_cast<std::size_t>(cfg_.fl.clients);
+    const auto dem = demand();
+    const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
+    std::set<std::int64_t> too_small;
+    log("waiting up to " + num(cfg_.fleet.wait_seconds) + " s for " + std::to_string(want) + " devices");
+    for (;;) {
+      std::vector<std::int64_t> fit;
+      for (const auto d : server_->connected()) {
+        auto h = server_->hello_of(d);
+        if (!h) continue;
+        if (static_cast<double>(h->memory_budget_bytes) >= dem.memory_bytes) {
+          fit.push_back(d);
+        } else if (too_small.insert(d).second) {
+          event("too_small", "device '" + h->agent_name + "' has a budget of " + std::to_string(h->memory_budget_bytes) +
+                                 " B; training " + cfg_.fl.model + " needs " + num(dem.memory_bytes) + " B", d);
+        }
+      }
+      if (fit.size() >= want) {
+        std::sort(fit.begin(), fit.end());
+        fit.resize(want);
+        shard_device_ = fit;
+        return success();
+      }
+      if (Clock::now() >= until) {
+        if (fit.empty() && !too_small.empty())
+          return make_error(Errc::limit_exceeded, "module '" + cfg_.fl.model + "' needs " + num(dem.memory_bytes) +
+                                                      " B to train, more than every connected device's budget (" +
+                                                      std::to_string(too_small.size()) + " connected)");
+        return make_error(Errc::not_found, "only " + std::to_string(fit.size()) + " of " + std::to_string(want) +
+                                               " devices able to train " + cfg_.fl.model + " connected within " +
+                                               num(cfg_.fleet.wait_seconds) + " s (fleet.wait_seconds)");
+      }
+      (void)server_->next(std::min(until, Clock::now() + std::chrono::milliseconds(200)));
+    }
+  }
+
+  /// The run's devices and their shards, with the placement's prediction.
+  Result<void> record_assignments() {
+    const auto dem = demand();
+    const auto now = unix_ms_now();
+    for (std::size_t i = 0; i < shard_device_.size(); ++i) {
+      const auto d = shard_device_[i];
+      const auto h = server_->hello_of(d);
+      partition::DeviceCapacity cap{h ? h->agent_name : std::to_string(d),
+                                    h ? static_cast<double>(h->memory_budget_bytes) : 1.0,
+                                    h && h->mac_per_s > 0 ? h->mac_per_s : 1e9,
+                                    h && h->link_bytes_per_s > 0 ? h->link_bytes_per_s : 1.25e6};
+      Assignment a;
+      a.run = run_;
+      a.device = d;
+      a.module_name = cfg_.fl.model + "/shard-" + std::to_string(i);
+      a.module_kind = ModuleKind::whole;
+      a.module_bytes = static_cast<std::int64_t>(module_bytes().size());
+      a.peak_memory_bytes = static_cast<std::int64_t>(dem.memory_bytes);
+      a.predicted_latency_ms = 1000.0 * partition::predicted_seconds(dem, cap);
+      a.assigned_at = now;
+      auto id = store_->add_assignment(a);
+      if (!id) return std::move(id).error();
+    }
+    return success();
+  }
+
+  /// Resumed run: wait for the run's own devices.
+  Result<void> gather_resumed() {
+    const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
+    for (;;) {
+      const auto c = server_->connected();
+      std::vector<std::int64_t> missing;
+      for (const auto d : shard_device_)
+        if (!std::binary_search(c.begin(), c.end(), d)) missing.push_back(d);
+      if (missing.empty()) return success();
+      if (Clock::now() >= until) {
+        std::string names;
+        for (const auto d : missing) {
+          auto rec = store_->device(d);
+          names += (names.empty() ? "" : ", ") + (rec ? rec->name : std::to_string(d));
+        }
+        return make_error(Errc::not_found, "devices of run " + std::to_string(run_) + " not connected within " +
+                                               num(cfg_.fleet.wait_seconds) + " s: " + names);
+      }
+      (void)server_->next(std::min(until, Clock::now() + std::chrono::milliseconds(200)));
+    }
+  }
+
+  const std::vector<std::uint8_t>& module_bytes() {
+    if (module_.empty()) module_ = io::encode_model(model_);
+    return module_;
+  }
+
+  /// Send the module to every device of the run and wait for its answer.
+  Result<void> assign() {
+    const auto& bytes = module_bytes();
+    const std::uint32_t crc = crc32(bytes.data(), bytes.size());
+    const auto count = static_cast<std::uint32_t>(std::max<std::size_t>(1, (bytes.size() + kChunkBytes - 1) / kChunkBytes));
+    const std::uint64_t module_id = static_cast<std::uint64_t>(run_);
+    std::set<std::int64_t> waiting(shard_device_.begin(), shard_device_.end());
+    for (const auto d : shard_device_) {
+      for (std::uint32_t i = 0; i < count; ++i) {
+        wire::AssignChunk c;
+        c.module_id = module_id;
+        c.kind = wire::ModuleKind::fdl_model;
+        c.chunk_index = i;
+        c.chunk_count = count;
+        c.total_bytes = bytes.size();
+        c.module_crc = crc;
+        const std::size_t at = static_cast<std::size_t>(i) * kChunkBytes;
+        c.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(at),
+                      bytes.begin() + static_cast<std::ptrdiff_t>(std::min(bytes.size(), at + kChunkBytes)));
+        auto sent = server_->send(d, c, wire::Binding{0, static_cast<std::uint64_t>(run_), 0, 0});
+        if (!sent) return make_error(sent.error().code, "assigning the module: " + sent.error().message);
+      }
+    }
+    const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
+    while (!waiting.empty()) {
+      auto ev = server_->next(until);
+      if (!ev) break;
+      if (ev->kind == Inbound::Kind::closed && waiting.count(ev->device))
+        return make_error(Errc::io_error, "device " + name(ev->device) + " disconnected while receiving the module (" +
+                                              ev->reason + ")");
+      if (ev->kind != Inbound::Kind::message || !std::holds_alternative<wire::AssignResult>(ev->message)) continue;
+      const auto& r = std::get<wire::AssignResult>(ev->message);
+      if (!waiting.count(ev->device) || r.module_id != module_id) continue;
+      if (!r.accepted)
+        return make_error(Errc::limit_exceeded, "device " + name(ev->device) + " refused module '" + cfg_.fl.model +
+                                                    "': needs " + std::to_string(r.peak_memory_bytes) + " B, budget " +
+                                                    std::to_string(r.budget_bytes) + " B (" + r.reason_text + ")");
+      waiting.erase(ev->device);
+    }
+    if (!waiting.empty())
+      return make_error(Errc::not_found, "device " + name(*waiting.begin()) + " did not acknowledge the module within " +
+                                             num(cfg_.fleet.wait_seconds) + " s");
+    log("module " + cfg_.fl.model + " (" + std::to_string(bytes.size()) + " B) accepted by " +
+        std::to_string(shard_device_.size()) + " devices");
+    return success();
+  }
+
+  // ------------------------------------------------------------ rounds
+  Result<void> drive(std::int64_t from, bool resumed) {
+    if (resumed) FLEETDL_TRY(gather_resumed());
+    FLEETDL_TRY(assign());
+    for (std::int64_t r = from; r <= cfg_.fl.sim.rounds; ++r) FLEETDL_TRY(round(r));
+    return success();
+  }
+
+  Result<void> round(std::int64_t r) {
+    const auto t0 = Clock::now();
+    RoundRecord rec;
+    rec.run = run_;
+    rec.round = r;
+    rec.started_at = unix_ms_now();
+    Rng rr = Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r));
+    Rng select_rng = rr.fork(1);
+    const auto conn = server_->connected();
+    std::vector<Index> online;
+    for (std::size_t s = 0; s < shard_device_.size(); ++s)
+      if (std::binary_search(conn.begin(), conn.end(), shard_device_[s])) online.push_back(static_cast<Index>(s));
+    const Index k = cfg_.fl.sim.clients_per_round > 0 ? cfg_.fl.sim.clients_per_round : static_cast<Index>(online.size());
+    std::vector<Index> chosen;
+    std::optional<Index> keep_first;  // over-commit: the first K updates
+    switch (cfg_.fl.sim.selection) {
+      case sim::SelectionPolicy::uniform: chosen = fl::select_uniform(online, k, select_rng); break;
+      case sim::SelectionPolicy::overcommit: {
+        auto sel = fl::select_overcommit(online, k, select_rng, cfg_.fl.sim.overcommit);
+        if (!sel) return std::move(sel).error();
+        chosen = std::move(*sel);
+        keep_first = k;
+        break;
+      }
+      case sim::SelectionPolicy::deadline: {
+        const auto dem = demand();
+        std::vector<double> predicted;
+        for (const Index s : online) {
+          const auto h = server_->hello_of(shard_device_[static_cast<std::size_t>(s)]);
+          partition::DeviceCapacity cap{"", 1.0, h && h->mac_per_s > 0 ? h->mac_per_s : 1e9,
+                                        h && h->link_bytes_per_s > 0 ? h->link_bytes_per_s : 1.25e6};
+          predicted.push_back(partition::predicted_seconds(dem, cap));
+        }
+        auto sel = fl::select_deadline_aware(online, predicted, cfg_.fleet.round_deadline_seconds, k, select_rng);
+        if (!sel) return std::move(sel).error();
+        chosen = std::move(sel->clients);
+        break;
+      }
+      case sim::SelectionPolicy::oort:
+        return make_error(Errc::unsupported, "selection.policy 'oort' is not supported on a fleet");
+    }
+    auto instructions = bundle_.strategy->configure(r, chosen, select_rng);
+    const Index required = std::max(cfg_.fl.sim.min_clients, bundle_.strategy->min_updates());
+
+    const Vector<float> global = model_.params();
+    Vector<float> server_c;
+    if (bundle_.scaffold) {
+      server_c = bundle_.scaffold->control();
+      if (server_c.size() == 0) server_c.setZero(global.size());
+    }
+    struct Slot {
+      Index shard = 0;
+      std::int64_t device = 0;
+      DeviceCost cost;
+      bool pending = true;
+    };
+    std::map<std::int64_t, Slot> slots;  // by device
+    const auto deadline = after(t0, cfg_.fleet.round_deadline_seconds);
+    const auto deadline_ms = static_cast<std::uint32_t>(std::min(4.0e9, cfg_.fleet.round_deadline_seconds * 1000.0));
+    for (const auto& ins : instructions) {
+      Slot s;
+      s.shard = ins.client;
+      s.device = shard_device_.at(static_cast<std::size_t>(ins.client));
+      s.cost.device = s.device;
+      s.cost.budget_bytes = budget(s.device);
+      wire::TrainRound tr;
+      auto& c = tr.config;
+      c.local_epochs = static_cast<std::uint32_t>(ins.config.epochs);
+      c.batch_size = static_cast<std::uint32_t>(ins.config.batch);
+      c.learning_rate = static_cast<float>(ins.config.lr);
+      c.momentum = static_cast<float>(ins.config.momentum);
+      c.weight_decay = static_cast<float>(ins.config.weight_decay);
+      c.proximal_mu = static_cast<float>(ins.config.prox_mu);
+      c.flags = static_cast<std::uint8_t>((ins.config.scaffold && bundle_.scaffold ? wire::round_flag::scaffold : 0) |
+                                          (bundle_.needs_loss_before ? wire::round_flag::loss_before : 0));
+      c.codec = codec_id(cfg_.fl.sim.codec);
+      c.deadline_ms = deadline_ms;
+      c.seed = rr.fork(3).fork(static_cast<std::uint64_t>(ins.client)).next_u64();
+      c.partition_spec = partition_spec_json(cfg_.fl.partition);
+      c.shard_index = static_cast<std::uint32_t>(ins.client);
+      c.shard_count = static_cast<std::uint32_t>(shard_device_.size());
+      c.partition_seed = cfg_.fl.seed;
+      c.train_limit = cfg_.fl.train_limit > 0 ? static_cast<std::uint32_t>(cfg_.fl.train_limit) : 0;
+      tr.parameters.assign(global.data(), global.data() + global.size());
+      if (c.scaffold()) tr.server_control.assign(server_c.data(), server_c.data() + server_c.size());
+      auto sent = server_->send(s.device, tr, wire::Binding{0, static_cast<std::uint64_t>(run_), static_cast<std::uint32_t>(r), 0});
+      if (sent) {
+        s.cost.bytes_down = static_cast<std::int64_t>(*sent);
+      } else {
+        s.pending = false;
+        s.cost.status = CostStatus::dropped;
+      }
+      slots[s.device] = s;
+    }
+
+    std::vector<fl::ClientUpdate<float>> updates;
+    double loss_sum = 0, loss_weight = 0;
+    auto pending = [&] {
+      Index n = 0;
+      for (const auto& [d, s] : slots) n += s.pending ? 1 : 0;
+      return n;
+    };
+    while (pending() > 0 && !(keep_first && static_cast<Index>(updates.size()) >= *keep_first)) {
+      auto ev = server_->next(deadline);
+      if (!ev) break;
+      auto it = slots.find(ev->device);
+      if (ev->kind == Inbound::Kind::closed) {
+        if (it != slots.end() && it->second.pending) {
+          it->second.pending = false;
+          it->second.cost.status = CostStatus::dropped;
+          event("dropped", "device " + name(ev->device) + " dropped out of round " + std::to_string(r) + ": " + ev->reason,
+                ev->device);
+        }
+        continue;
+      }
+      if (ev->kind == Inbound::Kind::message && std::holds_alternative<wire::AssignResult>(ev->message) &&
+          it != slots.end() && it->second.pending && !std::get<wire::AssignResult>(ev->message).accepted) {
+        // the device cannot train this round's batch within its budget
+        const auto& ar = std::get<wire::AssignResult>(ev->message);
+        it->second.pending = false;
+        it->second.cost.status = CostStatus::rejected;
+        it->second.cost.peak_memory_bytes = static_cast<std::int64_t>(ar.peak_memory_bytes);
+        event("refused", "device " + name(ev->device) + " refused round " + std::to_string(r) + ": " + ar.reason_text,
+              ev->device);
+        continue;
+      }
+      if (ev->kind != Inbound::Kind::message || !std::holds_alternative<wire::Update>(ev->message)) continue;
+      if (ev->header.binding.run != static_cast<std::uint64_t>(run_) ||
+          ev->header.binding.round != static_cast<std::uint32_t>(r) || it == slots.end() || !it->second.pending) {
+        event("late", "device " + name(ev->device) + " sent an update for round " +
+                          std::to_string(ev->header.binding.round) + " during round " + std::to_string(r) + "; ignored",
+              ev->device);
+        continue;
+      }
+      Slot& s = it->second;
+      s.pending = false;
+      const auto& u = std::get<wire::Update>(ev->message);
+      s.cost.bytes_up = static_cast<std::int64_t>(ev->frame_bytes);
+      s.cost.compute_ms = u.compute_ms;
+      s.cost.peak_memory_bytes = static_cast<std::int64_t>(u.peak_memory_bytes);
+      s.cost.examples = u.example_count;
+      auto cu = to_update(u, s.shard, global, r);
+      if (!cu) {
+        s.cost.status = CostStatus::rejected;
+        event("rejected", "device " + name(s.device) + ": round " + std::to_string(r) + ": " + cu.error().message, s.device);
+        continue;
+      }
+      s.cost.status = CostStatus::ok;
+      loss_sum += u.loss * u.example_count;
+      loss_weight += u.example_count;
+      updates.push_back(std::move(*cu));
+    }
+    for (auto& [d, s] : slots)
+      if (s.pending) {
+        s.pending = false;
+        const auto conn_now = server_->connected();
+        s.cost.status = std::binary_search(conn_now.begin(), conn_now.end(), d) ? CostStatus::straggler : CostStatus::dropped;
+      }
+    std::sort(updates.begin(), updates.end(), [](const auto& a, const auto& b) { return a.client < b.client; });
+
+    rec.selected = static_cast<std::int64_t>(slots.size());
+    rec.completed = static_cast<std::int64_t>(updates.size());
+    rec.round_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (loss_weight > 0) rec.train_loss = loss_sum / loss_weight;
+    std::vector<DeviceCost> costs;
+    for (auto& [d, s] : slots) {
+      // energy estimate: the default device profile's figures (sim/profile.hpp)
+      const sim::DeviceProfile p;
+      const double macs = demand().macs;
+      s.cost.energy_joules = (s.cost.status == CostStatus::ok ? macs * p.energy_per_mac_joules : 0.0) +
+                             static_cast<double>(s.cost.bytes_up + s.cost.bytes_down) * p.energy_per_byte_joules;
+      rec.bytes_up += s.cost.bytes_up;
+      rec.bytes_down += s.cost.bytes_down;
+      costs.push_back(s.cost);
+    }
+    bool completed = static_cast<Index>(updates.size()) >= required && !updates.empty();
+    if (completed) {
+      auto agg = bundle_.strategy->aggregate(r, VectorMap<float>(model_.params().data(), model_.param_count()), updates);
+      if (!agg) {
+        event("aggregation_failed", "round " + std::to_string(r) + ": " + agg.error().message);
+        completed = false;
+      }
+    }
+    rec.finished_at = unix_ms_now();
+    if (completed) {
+      if (r % cfg_.fl.sim.eval_every == 0 || r == cfg_.fl.sim.rounds) {
+        const auto ev = nn::evaluate(model_, test_.images, test_.labels, cfg_.fl.sim.eval_batch, &*pool_);
+        rec.test_accuracy = ev.accuracy;
+        rec.test_loss = ev.loss;
+      }
+      Checkpoint ck;
+      ck.parameters = float_bytes(model_.params());
+      if (bundle_.scaffold) ck.state = float_bytes(bundle_.scaffold->control());
+      auto ok = store_->commit_round(rec, costs, ck);
+      if (!ok) return std::move(ok).error();
+    } else {
+      model_.params() = global;
+      for (auto& c : costs)
+        if (c.status == CostStatus::ok) c.status = CostStatus::abandoned;
+      rec.status = RoundStatus::abandoned;
+      auto ok = store_->abandon_round(rec, costs);
+      if (!ok) return std::move(ok).error();
+      event("abandoned", "round " + std::to_string(r) + ": " + std::to_string(updates.size()) + " of " +
+                             std::to_string(required) + " required updates");
+    }
+    log("round " + std::to_string(r) + "/" + std::to_string(cfg_.fl.sim.rounds) + " " +
+        (completed ? "committed" : "abandoned") + ": " + std::to_string(updates.size()) + "/" +
+        std::to_string(slots.size()) + " updates" +
+        (rec.test_accuracy ? ", accuracy " + num(*rec.test_accuracy) : std::string()) + ", up " +
+        std::to_string(rec.bytes_up) + " B, down " + std::to_string(rec.bytes_down) + " B, " + num(rec.round_seconds) + " s");
+    if (o_.on_round) o_.on_round(rec);
+    if (o_.after_commit) o_.after_commit(r);
+    return success();
+  }
+
+  Result<fl::ClientUpdate<float>> to_update(const wire::Update& u, Index shard, const Vector<float>& global, std::int64_t r) {
+    const Index d = global.size();
+    fl::ClientUpdate<float> cu;
+    cu.client = shard;
+    cu.num_examples = u.example_count;
+    cu.local_steps = u.local_steps;
+    cu.loss_before = u.loss_before;
+    cu.base_round = r - 1;
+    if (u.codec == wire::CodecId::raw_f32) {
+      if (u.delta.size() != static_cast<std::size_t>(d) * sizeof(float))
+        return make_error(Errc::shape_mismatch, "raw delta of " + std::to_string(u.delta.size()) + " bytes, the model has " +
+                                                    std::to_string(d) + " parameters");
+      Vector<float> delta(d);
+      std::memcpy(delta.data(), u.delta.data(), u.delta.size());
+      cu.params = global + delta;
+    } else {
+      auto delta = fl::decode_update<float>(u.delta, d);
+      if (!delta) return std::move(delta).error();
+      cu.params = global + *delta;
+    }
+    if (!cu.params.allFinite()) return make_error(Errc::invalid_argument, "the update holds NaN or infinity");
+    if (!u.control_delta.empty()) {
+      if (static_cast<Index>(u.control_delta.size()) != d)
+        return make_error(Errc::shape_mismatch, "control delta of " + std::to_string(u.control_delta.size()) +
+                                                    " values, the model has " + std::to_string(d));
+      cu.control_delta = Eigen::Map<const Vector<float>>(u.control_delta.data(), d);
+    }
+    return cu;
+  }
+
+  // ------------------------------------------------------------ helpers
+  Result<std::int64_t> finish(Result<void> r) {
+    const auto now = unix_ms_now();
+    if (!r) {
+      if (run_ > 0) {
+        (void)store_->set_run_status(run_, RunStatus::failed, now);
+        event("run_failed", r.error().message);
+      }
+      return std::move(r).error();
+    }
+    for (const auto d : shard_device_)
+      (void)server_->send(d, wire::Bye{}, wire::Binding{0, static_cast<std::uint64_t>(run_), 0, 0});
+    (void)store_->set_run_status(run_, RunStatus::finished, now);
+    event("run_finished", "run " + std::to_string(run_) + " finished");
+    server_->forget_run(static_cast<std::uint64_t>(run_));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the byes go out
+    return run_;
+  }
+
+  std::int64_t budget(std::int64_t device) const {
+    const auto h = server_->hello_of(device);
+    return h ? static_cast<std::int64_t>(h->memory_budget_bytes) : 0;
+  }
+
+  std::string name(std::int64_t device) {
+    if (auto h = server_->hello_of(device)) return "'" + h->agent_name + "'";
+    auto rec = store_->device(device);
+    return rec ? "'" + rec->name + "'" : std::to_string(device);
+  }
+
+  void log(const std::string& line) {
+    if (o_.log) o_.log(line);
+  }
+
+  void event(const std::string& kind, const std::string& message, std::optional<std::int64_t> device = std::nullopt) {
+    Event e;
+    e.at = unix_ms_now();
+    if (run_ > 0) e.run = run_;
+    e.device = device;
+    e.kind = kind;
+    e.message = message;
+    (void)store_->add_event(e);
+  }
+
+  const FleetConfig& cfg_;
+  FleetRunOptions o_;
+  std::optional<Store> store_;
+  std::optional<FleetCa> ca_;
+  std::unique_ptr<FleetServer> server_;
+  asio::io_context disc_io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> disc_work_;
+  std::optional<DiscoveryListener> disc_;
+  std::thread disc_thread_;
+  wire::Limits limits_{};
+  data::Dataset<float> test_;
+  nn::Model<float> model_;
+  sim::StrategyBundle<float> bundle_;
+  std::optional<ThreadPool> pool_;
+  std::vector<std::uint8_t> module_;
+  std::vector<std::int64_t> shard_device_;
+  std::int64_t run_ = 0;
+};
+
+}  // namespace
+
+Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string& path) {
+  auto doc = json::parse(text);
+  if (!doc) return fail_cfg(path, doc.error());
+  if (!doc->is_object()) return make_error(Errc::invalid_argument, path + ": config: must be a JSON object");
+  json::Value::Object rest;
+  const json::Value* fleet = nullptr;
+  for (const auto& m : doc->members()) {
+    if (m.first == "fleet") fleet = &m.second;
+    else rest.push_back(m);
+  }
+  auto fl_cfg = sim::parse_config(json::Value::make_object(std::move(rest)));
+  if (!fl_cfg) return fail_cfg(path, fl_cfg.error());
+  FleetConfig c;
+  c.fl = std::move(*fl_cfg);
+  auto unsupported = [&](const std::string& key, const std::string& why) {
+    return make_error(Errc::unsupported, path + ": " + key + ": " + why);
+  };
+  const auto& s = c.fl.strategy.name;
+  if (s == "heterofl") return unsupported("strategy.name", "'heterofl' (sub-models per device) is not supported on a fleet yet");
+  if (s == "fedbuff") return unsupported("strategy.name", "'fedbuff' (asynchronous rounds) is not supported on a fleet yet");
+  if (c.fl.dp.mode == "local") return unsupported("dp.mode", "'local' DP runs on the devices and is not supported on a fleet yet");
+  if (c.fl.sim.attack.kind != sim::AttackKind::none) return unsupported("attack", "attacks exist only in `fl simulate`");
+  if (!c.fl.profiles.empty())
+    return unsupported("profiles", "a fleet's devices report their own capabilities (give profiles to `fleet up`)");
+  if (c.fl.sim.selection == sim::SelectionPolicy::oort)
+    return unsupported("selection.policy", "'oort' is not supported on a fleet yet");
+  if (c.fl.sim.codec == sim::UpdateCodec::topk && c.fl.sim.topk_fraction != 0.01)
+    return unsupported("codec.topk_fraction", "the devices keep 1% of the coordinates (0.01)");
+  if (c.fl.clients > 4096) return unsupported("clients", "at most 4096 devices per run");
+
+  namespace cfg = sim::detail::cfg;
+  static const json::Value empty = json::Value::make_object({});
+  auto obj = cfg::Obj::open(fleet ? *fleet : empty, "fleet");
+  if (!obj) return fail_cfg(path, obj.error());
+  auto& o = *obj;
+  auto positive = [](double v) -> const char* { return std::isfinite(v) && v > 0.0 ? nullptr : "must be a finite number > 0"; };
+  auto get_num = [&](const char* k, double def, double& out) -> Result<void> {
+    auto v = o.number(k, def, false, positive);
+    if (!v) return fail_cfg(path, v.error());
+    out = *v;
+    return success();
+  };
+  FLEETDL_TRY(get_num("wait_seconds", c.fleet.wait_seconds, c.fleet.wait_seconds));
+  FLEETDL_TRY(get_num("round_deadline_seconds", c.fleet.round_deadline_seconds, c.fleet.round_deadline_seconds));
+  auto port = [&](const char* k, std::uint16_t def, std::uint16_t& out) -> Result<void> {
+    auto v = o.integer(k, def, false, 0, 65535);
+    if (!v) return fail_cfg(path, v.error());
+    out = static_cast<std::uint16_t>(*v);
+    return success();
+  };
+  FLEETDL_TRY(port("enroll_port", c.fleet.enroll_port, c.fleet.enroll_port));
+  FLEETDL_TRY(port("fleet_port", c.fleet.fleet_port, c.fleet.fleet_port));
+  FLEETDL_TRY(port("discovery_port", c.fleet.discovery_port, c.fleet.discovery_port));
+  {
+    auto v = o.boolean("discovery", c.fleet.discovery);
+    if (!v) return fail_cfg(path, v.error());
+    c.fleet.discovery = *v;
+  }
+  {
+    auto v = o.integer("heartbeat_ms", c.fleet.heartbeat_ms, false, 10, 600000);
+    if (!v) return fail_cfg(path, v.error());
+    c.fleet.heartbeat_ms = static_cast<std::uint32_t>(*v);
+  }
+  {
+    auto v = o.string("bind", c.fleet.bind_address, false);
+    if (!v) return fail_cfg(path, v.error());
+    std::error_code ec;
+    (void)asio::ip::make_address_v4(*v, ec);
+    if (ec) return make_error(Errc::invalid_argument, path + ": fleet.bind: '" + *v + "' is not an IPv4 address");
+    c.fleet.bind_address = *v;
+  }
+  if (auto f = o.finish(); !f) return fail_cfg(path, f.error());
+  return c;
+}
+
+Result<std::int64_t> fleet_run(const FleetConfig& config, const std::string& config_text, const FleetRunOptions& o) {
+  Engine e(config, o);
+  return e.start(config_text);
+}
+
+Result<std::int64_t> fleet_resume(std::int64_t run, const FleetRunOptions& o) {
+  std::string text;
+  {
+    auto st = Store::open(o.db_path);
+    if (!st) return std::move(st).error();
+    auto rec = st->run(run);
+    if (!rec) return std::move(rec).error();
+    text = rec->config_json;
+  }
+  auto cfg = parse_fleet_config(text, "run " + std::to_string(run) + "'s config");
+  if (!cfg) return std::move(cfg).error();
+  Engine e(*cfg, o);
+  return e.resume(run);
+}
+
+}  // namespace fleetdl::core
