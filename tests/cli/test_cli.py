@@ -2416,15 +2416,20 @@ class FleetCli(CliTestCase):
         c = self.config(wait_seconds=3)
         c["clients"] = 2
         cfg = self.write_config(c)
-        before = None
-        self.check_error(["fleet", "run", "--config", cfg, "--db", self.db], 1, "fleet run",
-                         ["module 'lenet300_100'", "more than every connected device's budget"])
+        # (its progress lines go to stdout; the error is the one stderr line)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db]
+        p = run(args)
+        self.assertEqual(p.returncode, 1, describe(args, p))
+        self.assertEqual(p.stderr.count("\n"), 1, describe(args, p))
+        self.assertTrue(p.stderr.startswith("fleetdl fleet run: module 'lenet300_100' needs "), describe(args, p))
+        self.assertIn("more than every connected device's budget (2 connected)", p.stderr)
         con = sqlite3.connect(self.db)
-        try:
+        try:  # no run was recorded
             self.assertEqual(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0], 0)
+            kinds = [k for (k,) in con.execute("SELECT kind FROM events WHERE kind = 'too_small'")]
         finally:
             con.close()
-        del before
+        self.assertEqual(len(kinds), 2)
 
     def test_bad_configs_write_nothing(self):
         rows = [
