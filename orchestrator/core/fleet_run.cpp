@@ -183,8 +183,10 @@ class Engine {
     // the frames this model needs: a round's parameters (and SCAFFOLD's
     // control variate) in one frame
     const auto d = static_cast<std::size_t>(model_.param_count());
-    limits_.max_train_params = std::max<std::size_t>(limits_.max_train_params, d);
-    limits_.max_frame_payload = std::max<std::size_t>(limits_.max_frame_payload, 2 * d * sizeof(float) + 64 * 1024);
+    // (each connection holds a decoder buffer of max_frame_payload bytes, so
+    // it is sized to the model rather than left at the 8 MiB default)
+    limits_.max_train_params = std::max<std::size_t>(d, 1);
+    limits_.max_frame_payload = std::max<std::size_t>(2 * d * sizeof(float) + 64 * 1024, 256 * 1024);
 
     ServerOptions so;
     so.db_path = o_.db_path;

@@ -52,6 +52,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import struct
@@ -2410,6 +2411,127 @@ class FleetCli(CliTestCase):
         for rnd, up, down in totals:
             self.assertEqual(up, sum(r[3] for r in rows if r[1] == rnd))
             self.assertEqual(down, sum(r[2] for r in rows if r[1] == rnd))
+
+    def pids(self):
+        with open(self.db + ".agents/pids") as fh:
+            return [int(x) for x in fh.read().split()]
+
+    def wait_for_log(self, needle, count, timeout):
+        """Until `count` agent logs contain `needle` (or the timeout)."""
+        root = self.db + ".agents"
+        end = time.time() + timeout
+        while time.time() < end:
+            hits = []
+            for name in sorted(os.listdir(root)):
+                log = os.path.join(root, name, "agent.log")
+                if os.path.isfile(log):
+                    with open(log) as fh:
+                        if needle in fh.read():
+                            hits.append(name)
+            if len(hits) >= count:
+                return hits
+            time.sleep(0.05)
+        self.fail("fewer than %d agents logged %r within %s s" % (count, needle, timeout))
+
+    def test_agents_killed_mid_round(self):
+        """30% of the agents SIGKILLed during round 2: every round is committed
+        with the survivors or recorded as abandoned, none outlives its deadline,
+        and the killed devices are recorded as dropped."""
+        self.fleet_up(10, [{"name": "slow", "budget_bytes": 64 << 20, "slowdown": 4}])
+        c = self.config(round_deadline_seconds=20)
+        c.update({"clients": 10, "rounds": 3, "dataset": {"train_limit": 6000, "test_limit": 300}})
+        cfg = self.write_config(c)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            self.wait_for_log("round 2: train_round received", 10, 120)
+            victims = self.pids()[:3]
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        self.assertEqual(proc.returncode, 0, "stdout %r\nstderr %r" % (out[-2000:], err[-2000:]))
+        rounds = [json.loads(l) for l in out.splitlines() if '"round"' in l]
+        self.assertEqual([r["round"] for r in rounds], [1, 2, 3])
+        for r in rounds:
+            self.assertIn(r["status"], ("committed", "abandoned"))
+            self.assertLess(r["round_seconds"], 20 + 5, r)
+        self.assertEqual(rounds[1]["completed"], 7, rounds[1])
+        con = sqlite3.connect(self.db)
+        try:
+            dropped = con.execute("SELECT COUNT(*) FROM device_round_costs WHERE run = 1 AND round = 2 "
+                                  "AND status = 'dropped'").fetchone()[0]
+            third = con.execute("SELECT selected, completed FROM rounds WHERE run = 1 AND round = 3").fetchone()
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+        finally:
+            con.close()
+        self.assertEqual(dropped, 3)
+        self.assertEqual(third, (7, 7))  # only the survivors are online
+
+    def final_parameters(self, run_id, rounds):
+        con = sqlite3.connect(self.db)
+        try:
+            row = con.execute("SELECT parameters FROM checkpoints WHERE run = ? AND round = ?", (run_id, rounds)).fetchone()
+        finally:
+            con.close()
+        self.assertIsNotNone(row, "run %d has no checkpoint of round %d" % (run_id, rounds))
+        return bytes(row[0])
+
+    def test_kill_orchestrator_then_resume(self):
+        """kill -9 of `fleet run` after round 1 is committed, then `fleet
+        resume`: the database passes integrity_check and the final parameters
+        equal those of an uninterrupted run with the same seed and devices."""
+        self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
+        c = self.config(heartbeat_ms=300)
+        c.update({"clients": 4, "rounds": 3, "dataset": {"train_limit": 1600, "test_limit": 200}})
+        cfg = self.write_config(c)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        reference = self.final_parameters(1, 3)
+
+        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.time() + 120
+            committed = 0
+            while time.time() < end and committed == 0:
+                con = sqlite3.connect(self.db, timeout=10)
+                try:
+                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = 2 AND status = 'committed'"
+                                            ).fetchone()[0]
+                finally:
+                    con.close()
+                time.sleep(0.02)
+            self.assertGreater(committed, 0, "run 2 committed no round")
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 2").fetchone()[0], "running")
+        finally:
+            con.close()
+        time.sleep(1.0)  # the agents notice the lost connection
+        args = ["fleet", "resume", "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.assertEqual(json.loads(p.stdout.splitlines()[-1])["run"], 2)
+        self.assertEqual(self.final_parameters(2, 3), reference, "resumed run differs from the uninterrupted one")
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 2").fetchone()[0], "finished")
+        finally:
+            con.close()
 
     def test_module_larger_than_every_device(self):
         self.fleet_up(2, [{"name": "tiny", "budget_bytes": 65536}])
