@@ -179,6 +179,7 @@ class Engine {
     if (!bundle) return std::move(bundle).error();
     bundle_ = std::move(*bundle);
     pool_.emplace(std::max(1, o_.threads));
+    demand_ = compute_demand();
 
     // the frames this model needs: a round's parameters (and SCAFFOLD's
     // control variate) in one frame
@@ -227,7 +228,11 @@ class Engine {
   }
 
   // ------------------------------------------------------------ devices
-  partition::ModuleDemand demand() const {
+  /// One device's training round, from the model's cost report (computed
+  /// once in prepare(): it depends only on the config and the architecture).
+  const partition::ModuleDemand& demand() const { return demand_; }
+
+  partition::ModuleDemand compute_demand() const {
     const double examples = cfg_.fl.train_limit > 0 ? static_cast<double>(cfg_.fl.train_limit) : 60000.0;
     return partition::training_demand<float>(cfg_.fl.model, model_, cfg_.fl.client.batch,
                                              examples / static_cast<double>(cfg_.fl.clients) * cfg_.fl.client.epochs,
@@ -238,7 +243,7 @@ class Engine {
   /// connected, then give them shards in device-id order.
   Result<void> gather_new() {
     const auto want = static_cast<std::size_t>(cfg_.fl.clients);
-    const auto dem = demand();
+    const auto& dem = demand();
     const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
     std::set<std::int64_t> too_small;
     log("waiting up to " + num(cfg_.fleet.wait_seconds) + " s for " + std::to_string(want) + " devices");
@@ -275,7 +280,7 @@ class Engine {
 
   /// The run's devices and their shards, with the placement's prediction.
   Result<void> record_assignments() {
-    const auto dem = demand();
+    const auto& dem = demand();
     const auto now = unix_ms_now();
     for (std::size_t i = 0; i < shard_device_.size(); ++i) {
       const auto d = shard_device_[i];
@@ -406,7 +411,7 @@ class Engine {
         break;
       }
       case sim::SelectionPolicy::deadline: {
-        const auto dem = demand();
+        const auto& dem = demand();
         std::vector<double> predicted;
         for (const Index s : online) {
           const auto h = server_->hello_of(shard_device_[static_cast<std::size_t>(s)]);
@@ -533,10 +538,10 @@ class Engine {
       loss_weight += u.example_count;
       updates.push_back(std::move(*cu));
     }
+    const auto conn_now = server_->connected();
     for (auto& [d, s] : slots)
       if (s.pending) {
         s.pending = false;
-        const auto conn_now = server_->connected();
         s.cost.status = std::binary_search(conn_now.begin(), conn_now.end(), d) ? CostStatus::straggler : CostStatus::dropped;
       }
     std::sort(updates.begin(), updates.end(), [](const auto& a, const auto& b) { return a.client < b.client; });
@@ -546,10 +551,9 @@ class Engine {
     rec.round_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (loss_weight > 0) rec.train_loss = loss_sum / loss_weight;
     std::vector<DeviceCost> costs;
+    const sim::DeviceProfile p;  // energy estimate: the default device profile's figures (sim/profile.hpp)
+    const double macs = demand().macs;
     for (auto& [d, s] : slots) {
-      // energy estimate: the default device profile's figures (sim/profile.hpp)
-      const sim::DeviceProfile p;
-      const double macs = demand().macs;
       s.cost.energy_joules = (s.cost.status == CostStatus::ok ? macs * p.energy_per_mac_joules : 0.0) +
                              static_cast<double>(s.cost.bytes_up + s.cost.bytes_down) * p.energy_per_byte_joules;
       rec.bytes_up += s.cost.bytes_up;
@@ -684,6 +688,7 @@ class Engine {
   nn::Model<float> model_;
   sim::StrategyBundle<float> bundle_;
   std::optional<ThreadPool> pool_;
+  partition::ModuleDemand demand_;
   std::vector<std::uint8_t> module_;
   std::vector<std::int64_t> shard_device_;
   std::int64_t run_ = 0;
