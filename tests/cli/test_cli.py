@@ -2572,6 +2572,41 @@ class FleetCli(CliTestCase):
                 self.check_error(["fleet", "run", "--config", cfg, "--db", self.db], 2, "fleet run", [cfg] + needles)
                 self.assertFalse(os.path.exists(self.db), what + ": the database was created")
 
+    def test_fleet_commands_reject_garbage(self):
+        """Bad --profiles files, flags and databases: one line naming the culprit;
+        no database, agent directory or agent process appears."""
+        rows = [
+            ("not an array", {"name": "x"}, ["must be a non-empty JSON array"]),
+            ("empty array", [], ["must be a non-empty JSON array"]),
+            ("unknown key", [{"name": "a", "ram": 1}], ["[0].ram", "unknown key"]),
+            ("bad name", [{"name": "a b"}], ["[0].name"]),
+            ("missing name", [{"slowdown": 2}], ["[0].name", "required"]),
+            ("tiny budget", [{"name": "a", "budget_bytes": 10}], ["[0].budget_bytes", "[1024, 1e15]"]),
+            ("slowdown below 1", [{"name": "a", "slowdown": 0.5}], ["[0].slowdown", "[1, 1000]"]),
+            ("dropout 1", [{"name": "a", "dropout": 1}], ["[0].dropout", "[0, 1)"]),
+            ("negative bandwidth", [{"name": "a", "bandwidth_bytes_per_second": -1}], ["[0].bandwidth_bytes_per_second"]),
+            ("string number", [{"name": "a", "slowdown": "2"}], ["[0].slowdown", "must be a number"]),
+        ]
+        pf = self.path("profiles.json")
+        for what, doc, needles in rows:
+            with self.subTest(what):
+                with open(pf, "w") as fh:
+                    json.dump(doc, fh)
+                self.check_error(["fleet", "up", "--devices", "2", "--db", self.db, "--profiles", pf], 2, "fleet up",
+                                 [pf] + needles)
+                self.assertFalse(os.path.exists(self.db), what)
+                self.assertFalse(os.path.exists(self.db + ".agents"), what)
+        self.check_error(["fleet", "up", "--db", self.db], 2, "fleet up", ["--devices N is required"])
+        self.check_error(["fleet", "up", "--devices", "0", "--db", self.db], 2, "fleet up", ["--devices", "out of range"])
+        self.check_error(["fleet", "run", "--db", self.db], 2, "fleet run", ["--config FILE is required"])
+        self.check_error(["fleet", "launch"], 2, "fleet", ["unknown subcommand 'launch'"])
+        self.check_error(["fleet", "resume", "--db", self.db], 1, "fleet resume", [self.db, "no such file"])
+        self.assertFalse(os.path.exists(self.db))
+        p = run(["fleet", "token", "--db", self.db, "--count", "2"])
+        self.assertEqual(p.returncode, 0, describe(["fleet", "token"], p))
+        self.assertEqual(len([l for l in p.stdout.splitlines() if re.fullmatch(r"[A-Za-z0-9._-]+:[0-9a-f]{64}", l)]), 2)
+        self.check_error(["fleet", "resume", "--db", self.db], 1, "fleet resume", ["no unfinished run to resume"])
+
     def test_newer_database_is_refused_unchanged(self):
         con = sqlite3.connect(self.db)
         con.execute("CREATE TABLE t (x)")
