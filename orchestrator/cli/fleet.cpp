@@ -2,10 +2,13 @@
 // headless front end of the fleet runtime (docs/fleet.md).
 //
 //   fleet up --devices N [--profiles FILE] [--db fleet.db] [--agent PATH]
+//            [--discovery-port P | --host H --enroll-port E --fleet-port F]
 //       mints N one-time enrollment tokens into the database and starts N
 //       local agents (fleetdl-agent) with varied profiles, each in its own
 //       state directory fleet.db.agents/NAME/ with its log; their pids go to
-//       fleet.db.agents/pids.
+//       fleet.db.agents/pids. The agents find the orchestrator by announcing
+//       to 127.0.0.1 on the discovery port (default 47800), unless --host or
+//       a port is given: then they connect there directly.
 //   fleet down [--db fleet.db]      stops the agents `fleet up` started.
 //   fleet token [--db fleet.db] [--count N] [--ttl S]
 //       mints tokens for agents started by hand (printed one per line).
@@ -133,7 +136,7 @@ bool is_agent(pid_t pid) {
 int cmd_up(int argc, char** argv) {
   const std::string cmd = "fleet up";
   Args a(cmd, argc, argv, {"--devices", "--profiles", "--db", "--agent", "--host", "--enroll-port", "--fleet-port",
-                           "--ttl", "--data-dir", "--seed"},
+                           "--discovery-port", "--ttl", "--data-dir", "--seed"},
          {});
   if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
   if (!a.has("--devices")) throw UsageError{"--devices N is required"};
@@ -142,6 +145,10 @@ int cmd_up(int argc, char** argv) {
   const std::string host = a.str("--host", "127.0.0.1");
   const auto eport = a.integer("--enroll-port", 47801, 1, 65535);
   const auto fport = a.integer("--fleet-port", 47802, 1, 65535);
+  const bool direct = a.has("--host") || a.has("--enroll-port") || a.has("--fleet-port");
+  const auto dport = a.integer("--discovery-port", 47800, 1, 65535);
+  if (direct && a.has("--discovery-port"))
+    throw UsageError{"--discovery-port cannot be combined with --host, --enroll-port or --fleet-port (those connect directly)"};
   const double ttl = a.number("--ttl", 3600, 1, 1e9);
   const auto seed = a.integer("--seed", 1, 0, 1LL << 53);
   std::vector<AgentProfile> profiles = default_profiles();
@@ -172,9 +179,12 @@ int cmd_up(int argc, char** argv) {
     fs::create_directories(state, ec);
     ::chmod(state.c_str(), 0700);
     std::vector<std::string> args{agent, "--name", name, "--state-dir", state.string(), "--budget", std::to_string(p.budget),
-                                  "--connect", host + ":" + std::to_string(eport) + ":" + std::to_string(fport),
                                   "--seed", std::to_string(seed + i), "--slowdown", num(p.slowdown),
                                   "--log", (state / "agent.log").string()};
+    if (direct)
+      args.insert(args.end(), {"--connect", host + ":" + std::to_string(eport) + ":" + std::to_string(fport)});
+    else
+      args.insert(args.end(), {"--announce-to", "127.0.0.1:" + std::to_string(dport)});
     if (p.bandwidth > 0) args.insert(args.end(), {"--bandwidth", std::to_string(static_cast<long long>(p.bandwidth))});
     if (p.dropout > 0) args.insert(args.end(), {"--dropout", num(p.dropout)});
     if (a.has("--data-dir")) args.insert(args.end(), {"--data-dir", a.str("--data-dir", "")});
@@ -221,8 +231,12 @@ int cmd_up(int argc, char** argv) {
   for (const pid_t p : pids) pid_text += std::to_string(p) + "\n";
   auto w = write_file_atomic(pid_file.string(), std::vector<std::uint8_t>(pid_text.begin(), pid_text.end()));
   if (!w) return fail(cmd, w.error().message);
-  std::printf("started %d agents for %s (orchestrator at %s:%lld/%lld):\n%s", n, db.c_str(), host.c_str(),
-              static_cast<long long>(eport), static_cast<long long>(fport), summary.str().c_str());
+  if (direct)
+    std::printf("started %d agents for %s (orchestrator at %s:%lld/%lld):\n%s", n, db.c_str(), host.c_str(),
+                static_cast<long long>(eport), static_cast<long long>(fport), summary.str().c_str());
+  else
+    std::printf("started %d agents for %s (announcing to 127.0.0.1:%lld until a fleet run invites them):\n%s", n,
+                db.c_str(), static_cast<long long>(dport), summary.str().c_str());
   return 0;
 }
 

@@ -109,8 +109,9 @@ constexpr const char* kUsage =
     "              --batch B (64) --dataset NAME --data-dir DIR --train-limit N --test-limit N\n"
     "              --calibration-limit N (1000) --threads T --seed S --json --no-progress\n"
     "report options: --db FLEET.db --run ID --out PATH [--format html|csv|json (default: --out's extension)]\n"
-    "fleet up options: --devices N [--profiles FILE] [--db fleet.db] [--agent PATH] [--host H]\n"
-    "              [--enroll-port P (47801)] [--fleet-port P (47802)] [--ttl S] [--data-dir DIR] [--seed S]\n"
+    "fleet up options: --devices N [--profiles FILE] [--db fleet.db] [--agent PATH] [--ttl S] [--data-dir DIR]\n"
+    "              [--seed S] [--discovery-port P (47800): agents announce to 127.0.0.1:P until invited]\n"
+    "              [--host H] [--enroll-port P (47801)] [--fleet-port P (47802)]: agents connect there directly\n"
     "fleet down options: [--db fleet.db]    fleet token options: [--db fleet.db] [--count N] [--ttl S]\n"
     "fleet run options: --config FILE (docs/fleet.md) [--db fleet.db] [--threads T] [--data-dir DIR] [--json]\n"
     "fleet resume options: [--db fleet.db] [--run ID (default: the newest unfinished)] [--threads T] [--json]\n";

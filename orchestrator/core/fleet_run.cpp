@@ -18,6 +18,9 @@
 #include "fleetdl/sim/simulator.hpp"
 
 #include <asio.hpp>
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <chrono>
@@ -32,6 +35,21 @@
 namespace fleetdl::core {
 
 namespace {
+
+/// The IPv4 addresses of this host's interfaces (getifaddrs).
+std::vector<std::string> local_ipv4_addresses() {
+  std::vector<std::string> out;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return out;
+  for (const ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+    if (::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text)) out.emplace_back(text);
+  }
+  ::freeifaddrs(list);
+  return out;
+}
 
 using Clock = std::chrono::steady_clock;
 constexpr std::uint64_t kRoundTag = 0x464C5254524E44ULL;  // the rounds' stream
@@ -196,8 +214,15 @@ class Engine {
     so.fleet_port = cfg_.fleet.fleet_port;
     so.heartbeat_ms = cfg_.fleet.heartbeat_ms;
     so.limits = limits_;
-    if (cfg_.fleet.bind_address != "127.0.0.1" && cfg_.fleet.bind_address != "0.0.0.0")
+    if (cfg_.fleet.bind_address == "0.0.0.0") {
+      // any interface may answer, so the certificate names them all: an agent
+      // checks the address it connects to (the invite's) against the SANs
+      for (const std::string& a : local_ipv4_addresses())
+        if (std::find(so.server_names.begin(), so.server_names.end(), a) == so.server_names.end())
+          so.server_names.push_back(a);
+    } else if (cfg_.fleet.bind_address != "127.0.0.1") {
       so.server_names.push_back(cfg_.fleet.bind_address);
+    }
     auto srv = FleetServer::start(so, *ca_);
     if (!srv) return std::move(srv).error();
     server_ = std::move(*srv);
@@ -210,6 +235,13 @@ class Engine {
   Result<void> start_discovery() {
     ListenerOptions lo;
     lo.port = cfg_.fleet.discovery_port;
+    // A loopback-only fleet answers only loopback announces; a fleet bound to
+    // one address hears broadcasts on every interface but invites agents to
+    // that address; 0.0.0.0 lets each invite name the address that answered.
+    std::error_code aec;
+    const auto bind = asio::ip::make_address_v4(cfg_.fleet.bind_address, aec);
+    if (!aec && bind.is_loopback()) lo.bind_address = bind;
+    else if (!aec && !bind.is_unspecified()) lo.advertise = bind;
     lo.enroll_port = server_->enroll_port();
     lo.fleet_port = server_->fleet_port();
     const std::string& fp = ca_->ca_fingerprint_sha256();

@@ -2301,6 +2301,15 @@ def free_ports(n):
     return ports
 
 
+def free_udp_port():
+    """A UDP port free on 0.0.0.0 right now (the kernel's choice)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class FleetCli(CliTestCase):
     """fleet up / run / down on loopback with real agents (fleetdl-agent, next
     to fleetdl in the build tree), real TLS and a real SQLite file: 8 agents
@@ -2321,6 +2330,7 @@ class FleetCli(CliTestCase):
         super().setUp()
         self.db = self.path("fleet.db")
         self.enroll_port, self.fleet_port = free_ports(2)
+        self.discovery_port = free_udp_port()
         self.up = False
 
     def tearDown(self):
@@ -2342,9 +2352,14 @@ class FleetCli(CliTestCase):
             json.dump(c, fh)
         return path
 
-    def fleet_up(self, n, profiles=None):
-        args = ["fleet", "up", "--devices", str(n), "--db", self.db, "--enroll-port", str(self.enroll_port),
-                "--fleet-port", str(self.fleet_port)]
+    def fleet_up(self, n, profiles=None, discovery=False):
+        """n agents that connect to the test's ports, or with discovery=True
+        announce to 127.0.0.1 on the test's discovery port until invited."""
+        args = ["fleet", "up", "--devices", str(n), "--db", self.db]
+        if discovery:
+            args += ["--discovery-port", str(self.discovery_port)]
+        else:
+            args += ["--enroll-port", str(self.enroll_port), "--fleet-port", str(self.fleet_port)]
         if profiles is not None:
             pf = self.path("profiles.json")
             with open(pf, "w") as fh:
@@ -2377,9 +2392,10 @@ class FleetCli(CliTestCase):
         return sizes
 
     def test_eight_agents_train_and_costs_equal_the_bytes_sent(self):
+        # the agents know no address: they announce on UDP, fleet run invites them
         self.fleet_up(8, [{"name": "fast", "budget_bytes": 64 << 20}, {"name": "slow", "budget_bytes": 32 << 20,
-                                                                       "slowdown": 2}])
-        cfg = self.write_config(self.config())
+                                                                       "slowdown": 2}], discovery=True)
+        cfg = self.write_config(self.config(discovery=True, discovery_port=self.discovery_port))
         args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
         p = run(args)
         self.assertEqual(p.returncode, 0, describe(args, p))
@@ -2411,6 +2427,15 @@ class FleetCli(CliTestCase):
         for rnd, up, down in totals:
             self.assertEqual(up, sum(r[3] for r in rows if r[1] == rnd))
             self.assertEqual(down, sum(r[2] for r in rows if r[1] == rnd))
+        # every agent was invited to the orchestrator's ports over UDP
+        root = self.db + ".agents"
+        for name in sorted(os.listdir(root)):
+            if os.path.isdir(os.path.join(root, name)):
+                with open(os.path.join(root, name, "agent.log")) as fh:
+                    text = fh.read()
+                self.assertIn("announcing (not enrolled) to 127.0.0.1:%d" % self.discovery_port, text, name)
+                self.assertIn("orchestrator 127.0.0.1, enrollment port %d, fleet port %d" %
+                              (self.enroll_port, self.fleet_port), text, name)
 
     def pids(self):
         with open(self.db + ".agents/pids") as fh:
@@ -2598,6 +2623,10 @@ class FleetCli(CliTestCase):
                 self.assertFalse(os.path.exists(self.db + ".agents"), what)
         self.check_error(["fleet", "up", "--db", self.db], 2, "fleet up", ["--devices N is required"])
         self.check_error(["fleet", "up", "--devices", "0", "--db", self.db], 2, "fleet up", ["--devices", "out of range"])
+        self.check_error(["fleet", "up", "--devices", "2", "--db", self.db, "--discovery-port", "47900",
+                          "--enroll-port", "47901"], 2, "fleet up", ["--discovery-port cannot be combined"])
+        self.check_error(["fleet", "up", "--devices", "2", "--db", self.db, "--discovery-port", "0"], 2, "fleet up",
+                         ["--discovery-port", "out of range"])
         self.check_error(["fleet", "run", "--db", self.db], 2, "fleet run", ["--config FILE is required"])
         self.check_error(["fleet", "launch"], 2, "fleet", ["unknown subcommand 'launch'"])
         self.check_error(["fleet", "resume", "--db", self.db], 1, "fleet resume", [self.db, "no such file"])
