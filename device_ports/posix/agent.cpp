@@ -7,6 +7,8 @@
 #include "fleetdl/core/rng.hpp"
 #include "fleetdl/fl/client.hpp"
 #include "fleetdl/io/fdl.hpp"
+#include "fleetdl/partition/placement.hpp"
+#include "fleetdl/micro/interpreter.hpp"
 #include "fleetdl/nn/train.hpp"
 #include "fleetdl/sim/config.hpp"
 #include "fleetdl/sim/profile.hpp"
@@ -88,7 +90,8 @@ Result<std::uint64_t> parse_bytes(std::string_view text, std::string_view what) 
 }
 
 std::string usage() {
-  return "usage: fleetdl-agent --name NAME --state-dir DIR --budget BYTES --connect HOST:ENROLL_PORT:FLEET_PORT\n"
+  return "usage: fleetdl-agent --name NAME --state-dir DIR --budget BYTES\n"
+         "                     [--connect HOST:ENROLL_PORT:FLEET_PORT | [--announce-to ADDR:PORT]... [--discovery-port P]]\n"
          "                     [--token IDENTITY:HEXSECRET] [--data-dir DIR] [--threads T] [--seed S]\n"
          "                     [--slowdown X] [--bandwidth BYTES_PER_S] [--dropout P] [--cores N]\n"
          "                     [--exit-after-runs N] [--log FILE]\n"
@@ -97,7 +100,12 @@ std::string usage() {
          "  --state-dir DIR      key, certificates, device id and sequence counter (created 0700)\n"
          "  --token ID:SECRET    one-time enrollment token (needed only until enrolled)\n"
          "  --budget BYTES       memory budget (suffix K, M or G); modules needing more are refused\n"
-         "  --connect H:E:F      orchestrator host, enrollment port and fleet port\n"
+         "  --connect H:E:F      orchestrator host, enrollment port and fleet port; without it the agent\n"
+         "                       announces itself over UDP until an orchestrator invites it\n"
+         "  --announce-to A:P    send announces to IPv4 address A, UDP port P (repeatable; default\n"
+         "                       255.255.255.255 and 127.0.0.1 on the discovery port)\n"
+         "  --discovery-port P   the default targets' UDP port (default 47800)\n"
+         "  --announce-interval-ms N  between announces (default 500)\n"
          "  --data-dir DIR       Fashion-MNIST directory (default " FLEETDL_FASHION_MNIST_DIR ")\n"
          "  --threads T          threads for local training and inference (default 1)\n"
          "  --seed S             seed of the throttles' draws and the backoff jitter (default 1)\n"
@@ -111,7 +119,7 @@ std::string usage() {
 
 Result<AgentOptions> parse_options(int argc, const char* const* argv, bool* help) {
   AgentOptions o;
-  bool have_budget = false, have_connect = false, have_seed = false;
+  bool have_budget = false, have_connect = false, have_seed = false, have_discovery = false;
   if (help) *help = false;
   auto bad = [](const std::string& m) -> Error { return make_error(Errc::invalid_argument, m); };
   for (int i = 1; i < argc; ++i) {
@@ -129,7 +137,8 @@ Result<AgentOptions> parse_options(int argc, const char* const* argv, bool* help
     }
     static const char* const known[] = {"--name",     "--state-dir", "--token",   "--budget",   "--connect",
                                         "--data-dir", "--threads",   "--seed",    "--slowdown", "--bandwidth",
-                                        "--dropout",  "--cores",     "--exit-after-runs", "--log"};
+                                        "--dropout",  "--cores",     "--exit-after-runs", "--log",
+                                        "--announce-to", "--discovery-port", "--announce-interval-ms"};
     if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return arg == k; }) == std::end(known))
       return bad("unknown option '" + arg + "' (see --help)");
     if (!has_value) {
@@ -168,6 +177,29 @@ Result<AgentOptions> parse_options(int argc, const char* const* argv, bool* help
       o.enroll_port = static_cast<std::uint16_t>(*e);
       o.fleet_port = static_cast<std::uint16_t>(*f);
       have_connect = true;
+    } else if (arg == "--announce-to") {
+      const auto colon = value.rfind(':');
+      std::error_code aec;
+      const auto addr = colon == std::string::npos ? asio::ip::address_v4{}
+                                                    : asio::ip::make_address_v4(value.substr(0, colon), aec);
+      if (colon == std::string::npos || aec)
+        return bad("--announce-to: '" + value + "' is not IPV4_ADDRESS:PORT");
+      auto port = parse_uint(value.substr(colon + 1), "--announce-to port", 65535);
+      if (!port) return std::move(port).error();
+      if (*port == 0) return bad("--announce-to: the port must be 1..65535");
+      o.announce_to.emplace_back(addr, static_cast<std::uint16_t>(*port));
+      have_discovery = true;
+    } else if (arg == "--discovery-port") {
+      auto v = parse_uint(value, "--discovery-port", 65535);
+      if (!v) return std::move(v).error();
+      if (*v == 0) return bad("--discovery-port: must be 1..65535");
+      o.discovery_port = static_cast<std::uint16_t>(*v);
+      have_discovery = true;
+    } else if (arg == "--announce-interval-ms") {
+      auto v = parse_uint(value, "--announce-interval-ms", 60000);
+      if (!v) return std::move(v).error();
+      if (*v < 10) return bad("--announce-interval-ms: must be in [10, 60000]");
+      o.announce_interval_ms = static_cast<std::uint32_t>(*v);
     } else if (arg == "--data-dir") {
       o.data_dir = value;
     } else if (arg == "--threads") {
@@ -213,7 +245,8 @@ Result<AgentOptions> parse_options(int argc, const char* const* argv, bool* help
   if (o.name.empty()) return bad("--name is required");
   if (o.state_dir.empty()) return bad("--state-dir is required");
   if (!have_budget) return bad("--budget is required");
-  if (!have_connect) return bad("--connect is required (discovery by announcement is not available yet)");
+  if (have_connect && have_discovery)
+    return bad("--connect names the orchestrator; it cannot be combined with --announce-to or --discovery-port");
   return o;
 }
 
@@ -269,7 +302,7 @@ Capabilities measure_capabilities(const AgentOptions& o) {
 wire::Hello make_hello(const AgentOptions& o, const Capabilities& c) {
   wire::Hello h;
   h.agent_name = o.name;
-  h.features = wire::feature::train | wire::feature::float_inference;
+  h.features = wire::feature::train | wire::feature::float_inference | wire::feature::micro_inference;
   h.cores = c.cores;
   h.ram_bytes = c.ram_bytes;
   h.storage_bytes = c.storage_bytes;
@@ -453,6 +486,10 @@ std::uint64_t training_memory(const nn::Model<float>& m, long batch, bool moment
   return static_cast<std::uint64_t>(std::ceil(b));
 }
 
+std::uint64_t inference_memory(const nn::Model<float>& m) {
+  return static_cast<std::uint64_t>(std::ceil(partition::inference_demand<float>("", m).memory_bytes));
+}
+
 struct Worker::Cache {
   // the training set as loaded (first train_limit images)
   std::string data_key;
@@ -469,6 +506,32 @@ struct Worker::Cache {
   std::unique_ptr<ThreadPool> pool;
 };
 
+/// An accepted int8 micro blob. The Worker is charged blob + arena bytes for
+/// it: the blob stays in memory for the interpreter (constants are read in
+/// place) and the arena holds every activation and the interpreter's
+/// persistent tables (micro/planner.hpp). Both are kept 16-byte aligned, as
+/// micro::verify and Interpreter::init require, even where operator new
+/// aligns to 8 (32-bit ARM).
+struct Worker::MicroModule {
+  struct alignas(micro::kAlignment) Block {
+    std::uint8_t b[micro::kAlignment];
+  };
+  std::vector<Block> blob;   ///< the blob's bytes, then padding to 16
+  std::size_t blob_bytes = 0;
+  std::vector<Block> arena;  ///< plan_arena_bytes(blob).plan.total bytes
+  std::uint64_t arena_bytes = 0;
+  micro::Interpreter it;     ///< initialised over blob and arena
+  Shape input, output;       ///< the float sample shapes (CHW) of input 0 and output 0
+  micro::TensorInfo in, out;
+
+  const std::uint8_t* blob_data() const { return reinterpret_cast<const std::uint8_t*>(blob.data()); }
+  std::uint8_t* arena_data() { return reinterpret_cast<std::uint8_t*>(arena.data()); }
+};
+
+std::uint64_t Worker::micro_memory_bytes() const {
+  return micro_ ? static_cast<std::uint64_t>(micro_->blob_bytes) + micro_->arena_bytes : 0;
+}
+
 Worker::Worker(std::string data_dir, std::uint64_t budget_bytes, int threads, double slowdown)
     : data_dir_(std::move(data_dir)), budget_(budget_bytes), threads_(threads), slowdown_(slowdown),
       cache_(std::make_unique<Cache>()) {
@@ -480,9 +543,10 @@ wire::AssignResult Worker::assign(std::uint64_t module_id, wire::ModuleKind kind
   wire::AssignResult r;
   r.module_id = module_id;
   r.budget_bytes = budget_;
+  if (kind == wire::ModuleKind::micro_blob) return assign_micro(std::move(r), bytes);
   if (kind != wire::ModuleKind::fdl_model) {
     r.reason_code = static_cast<std::uint16_t>(RefusalCode::unsupported_kind);
-    r.reason_text = "int8 micro blobs are not served by the POSIX agent";
+    r.reason_text = "module kind " + std::to_string(static_cast<unsigned>(kind)) + " is not served by the POSIX agent";
     return r;
   }
   auto f = io::decode_model<float>(bytes.data(), bytes.size(), "module " + std::to_string(module_id));
@@ -491,21 +555,79 @@ wire::AssignResult Worker::assign(std::uint64_t module_id, wire::ModuleKind kind
     r.reason_text = f.error().message.substr(0, 200);
     return r;
   }
-  const std::uint64_t need = training_memory(f->model, kAssignBatch, true, false);
+  const std::uint64_t need = inference_memory(f->model);
   r.peak_memory_bytes = need;
   if (need > budget_) {
     r.reason_code = static_cast<std::uint16_t>(RefusalCode::over_budget);
-    r.reason_text = "training memory " + std::to_string(need) + " bytes exceeds the budget of " +
+    r.reason_text = "memory to hold and run the module " + std::to_string(need) + " bytes exceeds the budget of " +
                     std::to_string(budget_) + " bytes";
     return r;
   }
   const bool same_dim = model_ && model_->param_count() == f->model.param_count();
   model_ = std::make_unique<nn::Model<float>>(std::move(f->model));
+  micro_.reset();  // one module at a time
   module_id_ = module_id;
   if (!same_dim) {  // client state of another model means nothing now
     cache_->scaffold.reset();
     cache_->feedback = fl::ErrorFeedback<float>(0);
   }
+  r.accepted = true;
+  return r;
+}
+
+wire::AssignResult Worker::assign_micro(wire::AssignResult r, std::span<const std::uint8_t> bytes) {
+  const std::string what = "micro blob " + std::to_string(r.module_id);
+  const auto refuse = [&r](RefusalCode code, std::string text) {
+    r.reason_code = static_cast<std::uint16_t>(code);
+    r.reason_text = text.substr(0, 200);
+    return r;
+  };
+  auto m = std::make_unique<MicroModule>();
+  m->blob.resize((bytes.size() + micro::kAlignment - 1) / micro::kAlignment);
+  if (!bytes.empty()) std::memcpy(m->blob.data(), bytes.data(), bytes.size());
+  m->blob_bytes = bytes.size();
+  // verify() runs inside plan_arena_bytes, as `fleetdl eval` and
+  // `fleetdl export-header` check a blob
+  const micro::PlanResult plan = micro::plan_arena_bytes(m->blob_data(), m->blob_bytes);
+  if (!plan)
+    return refuse(RefusalCode::invalid_module, what + ": " + plan.status.message + " (" +
+                                                   micro::describe(plan.status.code) + ", index " +
+                                                   std::to_string(plan.status.index) + ")");
+  // Memory rule of a micro blob: need = blob bytes + arena bytes, the arena
+  // being micro::plan_arena_bytes(blob).plan.total (activations + the
+  // interpreter's persistent tail). Nothing else grows with the blob.
+  const std::uint64_t need = static_cast<std::uint64_t>(m->blob_bytes) + plan.plan.total;
+  r.peak_memory_bytes = need;
+  if (need > budget_)
+    return refuse(RefusalCode::over_budget, what + ": " + std::to_string(m->blob_bytes) + " bytes + arena " +
+                                                std::to_string(plan.plan.total) + " bytes = " + std::to_string(need) +
+                                                " bytes exceeds the budget of " + std::to_string(budget_) + " bytes");
+  const micro::ModelView v(m->blob_data(), m->blob_bytes);
+  if (v.input_count() != 1 || v.output_count() != 1)
+    return refuse(RefusalCode::unsupported_kind, what + " has " + std::to_string(v.input_count()) + " inputs and " +
+                                                     std::to_string(v.output_count()) +
+                                                     " outputs; the agent serves one of each");
+  const micro::TensorDesc in = v.tensor(v.input_id(0)), out = v.tensor(v.output_id(0));
+  if (in.shape.n != 1 || out.shape.n != 1)
+    return refuse(RefusalCode::unsupported_kind, what + ": the input and output batch dimension must be 1");
+  m->arena_bytes = plan.plan.total;
+  m->arena.resize(static_cast<std::size_t>((plan.plan.total + micro::kAlignment - 1) / micro::kAlignment));
+  const micro::InitResult init = micro::Interpreter::init(m->blob_data(), m->blob_bytes, m->arena_data(),
+                                                          static_cast<std::size_t>(m->arena_bytes));
+  if (!init) {
+    char msg[160];
+    init.format(msg, sizeof msg);
+    return refuse(RefusalCode::invalid_module, what + ": interpreter init: " + msg);
+  }
+  m->it = init.interpreter;
+  m->in = m->it.input_info(0);
+  m->out = m->it.output_info(0);
+  // the float sample layouts, as `fleetdl eval` reads a blob's NHWC tensors
+  m->input = Shape{in.shape.c, in.shape.h, in.shape.w};
+  m->output = Shape{out.shape.c, out.shape.h, out.shape.w};
+  micro_ = std::move(m);
+  model_.reset();  // one module at a time
+  module_id_ = r.module_id;
   r.accepted = true;
   return r;
 }
@@ -570,6 +692,9 @@ void throttle(double slowdown, Clock::duration took) {
 
 Result<wire::Update> Worker::train(const wire::TrainRound& t, std::uint64_t bytes_received) {
   const wire::RoundConfig& c = t.config;
+  if (micro_)
+    return make_error(Errc::unsupported, "train_round: module " + std::to_string(module_id_) +
+                                             " is an int8 micro blob, which serves inference only and cannot be trained");
   if (!model_) return make_error(Errc::invalid_argument, "train_round: no module assigned");
   const Index d = model_->param_count();
   if (static_cast<Index>(t.parameters.size()) != d)
@@ -668,6 +793,7 @@ Result<wire::Update> Worker::train(const wire::TrainRound& t, std::uint64_t byte
 }
 
 Result<wire::InferResponse> Worker::infer(const wire::InferRequest& r) {
+  if (micro_) return infer_micro(r);
   if (!model_) return make_error(Errc::invalid_argument, "infer_request: no module assigned");
   const Index in = model_->input_shape().size();
   const std::uint64_t total = r.values.size();
@@ -692,11 +818,59 @@ Result<wire::InferResponse> Worker::infer(const wire::InferRequest& r) {
   return out;
 }
 
+Result<wire::InferResponse> Worker::infer_micro(const wire::InferRequest& r) {
+  MicroModule& m = *micro_;
+  const Index in = m.input.size(), outs = m.output.size();
+  const std::uint64_t total = r.values.size();
+  const std::uint64_t n = r.dims.empty() ? 0 : r.dims[0];
+  if (n == 0 || total != n * static_cast<std::uint64_t>(in))
+    return make_error(Errc::shape_mismatch, "infer_request: " + std::to_string(total) + " values in " +
+                                                std::to_string(n) + " samples, the micro blob takes " +
+                                                std::to_string(in) + " per sample");
+  const auto t0 = Clock::now();
+  wire::InferResponse out;
+  out.request_id = r.request_id;
+  out.dims = {static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(outs)};
+  out.values.resize(static_cast<std::size_t>(n) * static_cast<std::size_t>(outs));
+  // One sample at a time through the blob, as compress::QuantizedRunner runs
+  // `fleetdl eval`: the CHW floats are quantized with the input's scale and
+  // zero point into the NHWC int8 input (micro::quantize, TFLite's
+  // AffineQuantize), and the NHWC int8 output is dequantized back to CHW
+  // (micro::dequantize). The input is written before every invoke(): the
+  // planner may reuse its bytes for later activations.
+  const Shape& si = m.input;
+  const Shape& so = m.output;
+  for (std::uint64_t j = 0; j < n; ++j) {
+    const float* chw = r.values.data() + j * static_cast<std::uint64_t>(in);
+    std::int8_t* q = m.it.input(0);
+    for (Index c = 0; c < si.c; ++c)
+      for (Index h = 0; h < si.h; ++h)
+        for (Index w = 0; w < si.w; ++w)
+          q[(h * si.w + w) * si.c + c] = micro::quantize(chw[(c * si.h + h) * si.w + w], m.in.scale, m.in.zero_point);
+    const micro::InvokeResult done = m.it.invoke();
+    if (!done)
+      return make_error(Errc::corrupt, "infer_request: micro blob " + std::to_string(module_id_) + ", sample " +
+                                           std::to_string(j) + ": op " + std::to_string(done.index) + ": " +
+                                           done.message);
+    const std::int8_t* y = m.it.output(0);
+    float* o = out.values.data() + j * static_cast<std::uint64_t>(outs);
+    for (Index c = 0; c < so.c; ++c)
+      for (Index h = 0; h < so.h; ++h)
+        for (Index w = 0; w < so.w; ++w)
+          o[(c * so.h + h) * so.w + w] = micro::dequantize(y[(h * so.w + w) * so.c + c], m.out.scale, m.out.zero_point);
+  }
+  const auto took = Clock::now() - t0;
+  throttle(slowdown_, took);
+  out.compute_ms = std::chrono::duration<double, std::milli>(took).count() * slowdown_;
+  return out;
+}
+
 // ================================================================ agent
 
 const char* phase_name(Phase p) {
   switch (p) {
     case Phase::idle: return "idle";
+    case Phase::discovering: return "discovering";
     case Phase::enrolling: return "enrolling";
     case Phase::connecting: return "connecting";
     case Phase::hello_sent: return "hello_sent";
@@ -759,6 +933,11 @@ struct Agent::Impl {
   asio::steady_timer retry, heartbeat;
   std::shared_ptr<Conn> conn;
   std::optional<StateDir::Enrollment> enrollment;
+  // Discovery (no --connect): announce until an invite says where to connect;
+  // forget it when the connection ends, so the next one starts with an invite.
+  const bool discovery_mode = opt.discovers();  // opt is declared (so initialized) first
+  bool have_endpoint = false;
+  std::unique_ptr<core::Announcer> announcer;
   std::uint32_t heartbeat_ms = 1000;
   bool job_running = false;
   bool stopping = false;
@@ -780,6 +959,7 @@ struct Agent::Impl {
         fatal("not enrolled and no --token given");
         return;
       }
+      if (discovery_mode && !have_endpoint) return discover();
       connect(true);
     } else {
       if (!enrollment) {
@@ -791,8 +971,71 @@ struct Agent::Impl {
         enrollment = std::move(*e);
         self->device_id_ = enrollment->device_id;
       }
+      if (discovery_mode && !have_endpoint) return discover();
       connect(false);
     }
+  }
+
+  // ------------------------------------------------------------ discovery
+  static Result<wire::Fingerprint> fingerprint_of(const std::string& pem) {
+    auto hex = core::fingerprint_sha256(pem);
+    if (!hex) return std::move(hex).error();
+    wire::Fingerprint f{};
+    if (hex->size() != 2 * f.size()) return make_error(Errc::invalid_argument, "fingerprint: unexpected length");
+    for (std::size_t i = 0; i < f.size(); ++i)
+      f[i] = static_cast<std::uint8_t>(std::stoi(hex->substr(2 * i, 2), nullptr, 16));
+    return f;
+  }
+
+  /// Announces (a fresh Announcer each time: whether the agent is enrolled,
+  /// and so what it announces, changes after enrollment) until an invite
+  /// arrives; on_invite then connects.
+  void discover() {
+    if (announcer) announcer->stop();
+    core::AnnouncerOptions ao;
+    ao.name = opt.name;
+    ao.caps.cores = caps.cores;
+    ao.caps.ram_bytes = caps.ram_bytes;
+    ao.caps.memory_budget_bytes = opt.budget_bytes;
+    if (enrollment) {
+      auto cert = fingerprint_of(enrollment->cert_pem);
+      auto ca = fingerprint_of(enrollment->ca_pem);
+      if (!cert) return fatal("discovery: the stored certificate: " + cert.error().message);
+      if (!ca) return fatal("discovery: the stored CA certificate: " + ca.error().message);
+      ao.enrolled = true;
+      ao.cert_fingerprint = *cert;
+      ao.fleet_ca_fingerprint = *ca;  // invites from another fleet are ignored
+    }
+    ao.targets = opt.announce_to.empty() ? core::default_announce_targets(opt.discovery_port) : opt.announce_to;
+    ao.port = opt.discovery_port;
+    ao.interval = std::chrono::milliseconds(opt.announce_interval_ms);
+    ao.jitter_seed = opt.seed;
+    announcer = std::make_unique<core::Announcer>(io, ao, [this](const core::OrchestratorEndpoint& e) { on_invite(e); });
+    auto ok = announcer->start();
+    if (!ok) return fatal("discovery: " + ok.error().message);
+    set_phase(Phase::discovering);
+    std::string to;
+    for (const auto& t : ao.targets) to += (to.empty() ? "" : ", ") + t.address().to_string() + ":" + std::to_string(t.port());
+    say(std::string("announcing (") + (ao.enrolled ? "enrolled" : "not enrolled") + ") to " + to);
+  }
+
+  void on_invite(const core::OrchestratorEndpoint& e) {
+    if (stopping || have_endpoint) return;
+    announcer->stop();  // allowed inside its callback; the object is replaced by the next discover()
+    opt.host = e.address.to_string();
+    opt.enroll_port = e.enroll_port;
+    opt.fleet_port = e.fleet_port;
+    have_endpoint = true;
+    say("invited by " + e.invited_by.address().to_string() + ":" + std::to_string(e.invited_by.port()) +
+        ": orchestrator " + opt.host + ", enrollment port " + std::to_string(opt.enroll_port) + ", fleet port " +
+        std::to_string(opt.fleet_port));
+    asio::post(io, [this] { begin(); });
+  }
+
+  /// After a connection ends: in discovery mode the next one waits for a new
+  /// invite (the orchestrator may have moved or restarted on other ports).
+  void forget_endpoint() {
+    if (discovery_mode) have_endpoint = false;
   }
 
   void fatal(const std::string& m) {
@@ -805,6 +1048,7 @@ struct Agent::Impl {
 
   void again_after_backoff() {
     if (stopping) return;
+    forget_endpoint();
     const auto d = backoff.next();
     set_phase(Phase::backing_off);
     say("reconnecting in " + std::to_string(d.count()) + " ms");
@@ -1081,6 +1325,7 @@ struct Agent::Impl {
     }
     backoff.reset();
     conn.reset();
+    forget_endpoint();
     asio::post(io, [this] { begin(); });
   }
 
@@ -1169,6 +1414,7 @@ struct Agent::Impl {
     stopping = true;
     retry.cancel();
     heartbeat.cancel();
+    if (announcer) announcer->stop();
     if (conn) {
       auto c = conn;
       conn.reset();

@@ -17,6 +17,7 @@
 //                                  asio::io_context
 #pragma once
 
+#include "discovery.hpp"
 #include "fleet_ca.hpp"
 
 #include "fleetdl/core/error.hpp"
@@ -47,9 +48,18 @@ struct AgentOptions {
   std::filesystem::path state_dir;    ///< key, certificates, device id, seq
   std::optional<core::EnrollmentToken> token;  ///< needed until enrolled
   std::uint64_t budget_bytes = 0;     ///< memory budget, > 0
-  std::string host;                   ///< orchestrator host (name or IP)
+  /// Orchestrator host (name or IP) and ports from --connect. Empty host:
+  /// the agent finds the orchestrator by announcing itself over UDP
+  /// (discovery.hpp) and connects where the invite says.
+  std::string host;
   std::uint16_t enroll_port = 0;
   std::uint16_t fleet_port = 0;
+  /// Where announces go (--announce-to, repeatable). Empty: the limited
+  /// broadcast and 127.0.0.1, on discovery_port.
+  std::vector<asio::ip::udp::endpoint> announce_to;
+  std::uint16_t discovery_port = wire::kDefaultDiscoveryPort;
+  std::uint32_t announce_interval_ms = 500;
+  bool discovers() const { return host.empty(); }
   std::string data_dir = FLEETDL_FASHION_MNIST_DIR;
   int threads = 1;
   std::uint64_t seed = 1;
@@ -157,9 +167,9 @@ class Backoff {
 /// assign_result reason codes (application-defined, docs/agent.md).
 enum class RefusalCode : std::uint16_t {
   accepted = 0,
-  over_budget = 1,        ///< training memory above the budget
-  unsupported_kind = 2,   ///< an int8 micro blob: not served by the POSIX agent
-  invalid_module = 3,     ///< the .fdl bytes do not decode
+  over_budget = 1,        ///< inference memory (.fdl) or blob + arena (micro blob) above the budget
+  unsupported_kind = 2,   ///< a valid micro blob the agent cannot serve (not one input and one output of batch 1)
+  invalid_module = 3,     ///< the .fdl bytes do not decode, or the micro blob fails micro::verify
 };
 
 /// Training memory of a model, the simulator's estimate
@@ -168,9 +178,13 @@ enum class RefusalCode : std::uint16_t {
 /// c_i with SCAFFOLD) and the activations of one batch.
 std::uint64_t training_memory(const nn::Model<float>& m, long batch, bool momentum, bool scaffold);
 
-/// Batch assumed when a module is checked at assignment, before any round
-/// says its batch: sim::SimOptions' memory_batch default, with momentum.
-inline constexpr long kAssignBatch = 64;
+/// What a .fdl module needs to be held and run on one image:
+/// partition::inference_demand's memory (weights and buffers plus the largest
+/// layer's input + output activations), rounded up. Checked at assignment,
+/// when nothing says yet whether the module will train or serve; a
+/// train_round is checked again with its own batch and optimizer
+/// (training_memory), and an infer_request needs its batch's activations.
+std::uint64_t inference_memory(const nn::Model<float>& m);
 
 /// Everything the agent computes, without networking: module checks, the
 /// local shard (cached across rounds), local training, inference. Not
@@ -183,10 +197,19 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   /// Check an assembled module and keep it if it fits. The result is what
-  /// assign_result says.
+  /// assign_result says. A .fdl model must fit its training memory; an int8
+  /// micro blob must pass micro::verify and fit blob + arena bytes (serves
+  /// inference only). Accepting one kind drops a module of the other; a
+  /// refused module leaves the previous one in place.
   wire::AssignResult assign(std::uint64_t module_id, wire::ModuleKind kind, std::span<const std::uint8_t> bytes);
-  bool has_model() const { return model_ != nullptr; }
+  /// Whether a module (float model or micro blob) is accepted.
+  bool has_model() const { return model_ != nullptr || micro_ != nullptr; }
+  /// The float model, or nullptr (none, or a micro blob is assigned).
   const nn::Model<float>* model() const { return model_.get(); }
+  /// Whether the accepted module is an int8 micro blob.
+  bool has_micro_blob() const { return micro_ != nullptr; }
+  /// Bytes the micro blob is charged against the budget (blob + arena), or 0.
+  std::uint64_t micro_memory_bytes() const;
   std::uint64_t module_id() const { return module_id_; }
 
   /// The local data of a round: the Fashion-MNIST training set's first
@@ -196,24 +219,33 @@ class Worker {
   Result<data::Dataset<float>> shard(const wire::RoundConfig& c);
 
   /// The update of one round, or an error (a module over the budget for this
-  /// round's batch comes back as Errc::limit_exceeded).
+  /// round's batch comes back as Errc::limit_exceeded; a micro blob, which
+  /// cannot be trained, as Errc::unsupported).
   Result<wire::Update> train(const wire::TrainRound& t, std::uint64_t bytes_received);
+  /// Float samples in (dims[0] samples, each the module's input in CHW
+  /// order), float outputs out (dims {n, outputs}). With a micro blob each
+  /// sample is quantized to the blob's input, run through micro::Interpreter
+  /// and dequantized, as `fleetdl eval` runs a blob.
   Result<wire::InferResponse> infer(const wire::InferRequest& r);
 
  private:
   struct Cache;
+  struct MicroModule;
+  wire::AssignResult assign_micro(wire::AssignResult r, std::span<const std::uint8_t> bytes);
+  Result<wire::InferResponse> infer_micro(const wire::InferRequest& r);
   std::string data_dir_;
   std::uint64_t budget_;
   int threads_;
   double slowdown_;
   std::unique_ptr<nn::Model<float>> model_;
+  std::unique_ptr<MicroModule> micro_;  ///< the int8 blob, its arena and interpreter
   std::uint64_t module_id_ = 0;
   std::unique_ptr<Cache> cache_;
 };
 
 // ---------------------------------------------------------------- the agent
 /// Where the agent is in its conversation.
-enum class Phase { idle, enrolling, connecting, hello_sent, serving, backing_off, stopped };
+enum class Phase { idle, discovering, enrolling, connecting, hello_sent, serving, backing_off, stopped };
 const char* phase_name(Phase p);
 
 /// The agent: a state machine on one io_context (single-threaded; training

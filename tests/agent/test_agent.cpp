@@ -12,6 +12,9 @@
 #include "fleetdl/fl/client.hpp"
 #include "fleetdl/fl/codec.hpp"
 #include "fleetdl/io/fdl.hpp"
+#include "fleetdl/compress/quantize.hpp"
+#include "fleetdl/micro/blob_writer.hpp"
+#include "fleetdl/micro/interpreter.hpp"
 #include "fleetdl/nn/zoo.hpp"
 #include "fleetdl/sim/config.hpp"
 #include "fleetdl/wire.hpp"
@@ -23,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -31,6 +35,7 @@
 #include <cstring>
 #include <filesystem>
 #include <mutex>
+#include <random>
 #include <thread>
 
 namespace {
@@ -158,6 +163,20 @@ TEST_CASE("agent: options parse, with byte suffixes and one-line errors", "[agen
   CHECK(o.exit_after_runs == 2);
   CHECK(o.seed == 9);
   CHECK_FALSE(o.token.has_value());
+  CHECK_FALSE(o.discovers());
+
+  // without --connect the agent discovers: announce targets and port
+  const char* disc[] = {"fleetdl-agent", "--name", "pi-2", "--state-dir", "/tmp/x", "--budget", "1M",
+                        "--announce-to", "10.1.2.255:47900", "--announce-to=127.0.0.1:47901",
+                        "--discovery-port", "47902", "--announce-interval-ms", "50"};
+  auto d = must(ag::parse_options(static_cast<int>(std::size(disc)), disc));
+  CHECK(d.discovers());
+  CHECK(d.host.empty());
+  REQUIRE(d.announce_to.size() == 2);
+  CHECK(d.announce_to[0] == asio::ip::udp::endpoint(asio::ip::make_address_v4("10.1.2.255"), 47900));
+  CHECK(d.announce_to[1] == asio::ip::udp::endpoint(asio::ip::make_address_v4("127.0.0.1"), 47901));
+  CHECK(d.discovery_port == 47902);
+  CHECK(d.announce_interval_ms == 50);
 
   struct Bad {
     std::vector<const char*> args;
@@ -167,7 +186,15 @@ TEST_CASE("agent: options parse, with byte suffixes and one-line errors", "[agen
       {{"a", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1:2"}, "--name is required"},
       {{"a", "--name", "bad name", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1:2"}, "--name"},
       {{"a", "--name", "n", "--state-dir", "/x", "--connect", "h:1:2"}, "--budget is required"},
-      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M"}, "--connect is required"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1:2", "--announce-to", "10.0.0.1:9"},
+       "cannot be combined"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--discovery-port", "7", "--connect", "h:1:2"},
+       "cannot be combined"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--announce-to", "host:9"}, "--announce-to"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--announce-to", "10.0.0.1"}, "--announce-to"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--announce-to", "10.0.0.1:0"}, "--announce-to"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--discovery-port", "70000"}, "--discovery-port"},
+      {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--announce-interval-ms", "5"}, "--announce-interval-ms"},
       {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1"}, "--connect"},
       {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1:2", "--slowdown", "0.5"}, "--slowdown"},
       {{"a", "--name", "n", "--state-dir", "/x", "--budget", "1M", "--connect", "h:1:2", "--dropout", "2"}, "--dropout"},
@@ -209,7 +236,7 @@ TEST_CASE("agent: the capability report is sane", "[agent]") {
   const w::Hello h = ag::make_hello(o, c2);
   CHECK(h.validate().ok());
   CHECK(h.memory_budget_bytes == 1 << 20);
-  CHECK(h.features == (w::feature::train | w::feature::float_inference));
+  CHECK(h.features == (w::feature::train | w::feature::float_inference | w::feature::micro_inference));
 }
 
 TEST_CASE("agent: the state directory has private modes and atomic writes", "[agent]") {
@@ -313,11 +340,16 @@ TEST_CASE("agent: backoff doubles from 100 ms to 5 s with +-20% seeded jitter", 
 TEST_CASE("agent: a module over the budget is refused with needed and budget", "[agent]") {
   const auto m = small_model();
   const auto bytes = fleetdl::io::encode_model(m);
-  const std::uint64_t need = ag::training_memory(m, ag::kAssignBatch, true, false);
-  // the simulator's estimate, spelled out
-  const auto cost = fleetdl::sim::model_cost(m.cost_report(), sizeof(float));
-  CHECK(need == static_cast<std::uint64_t>(std::ceil(fleetdl::sim::training_memory_bytes(cost, 64, 1, 1))));
-  CHECK(need > 4 * static_cast<std::uint64_t>(m.param_count()) * 3);
+  // at assignment: the memory to hold the module and run one image through it
+  const std::uint64_t need = ag::inference_memory(m);
+  std::uint64_t weights = 0, peak = 0;
+  for (const auto& c : m.cost_report()) {
+    weights += static_cast<std::uint64_t>(c.weight_bytes);
+    peak = std::max<std::uint64_t>(peak, static_cast<std::uint64_t>(c.act_in_bytes + c.act_out_bytes));
+  }
+  CHECK(need >= weights + peak);
+  CHECK(need >= 4 * static_cast<std::uint64_t>(m.param_count()));
+  CHECK(need < ag::training_memory(m, 1, false, false));  // training needs more: gradients, the global copy
 
   ag::Worker small(kData, need - 1, 1, 1.0);
   const w::AssignResult r = small.assign(5, w::ModuleKind::fdl_model, bytes);
@@ -337,9 +369,11 @@ TEST_CASE("agent: a module over the budget is refused with needed and budget", "
   CHECK(big.has_model());
   CHECK(big.module_id() == 6);
 
-  const w::AssignResult blob = big.assign(7, w::ModuleKind::micro_blob, bytes);
+  const w::AssignResult blob = big.assign(7, w::ModuleKind::micro_blob, bytes);  // .fdl bytes as a micro blob
   CHECK_FALSE(blob.accepted);
-  CHECK(blob.reason_code == static_cast<std::uint16_t>(ag::RefusalCode::unsupported_kind));
+  CHECK(blob.reason_code == static_cast<std::uint16_t>(ag::RefusalCode::invalid_module));
+  CHECK(blob.reason_text.find("magic") != std::string::npos);
+  CHECK(big.model() != nullptr);
   std::vector<std::uint8_t> junk(bytes.begin(), bytes.begin() + 100);
   const w::AssignResult bad = big.assign(8, w::ModuleKind::fdl_model, junk);
   CHECK_FALSE(bad.accepted);
@@ -456,7 +490,7 @@ TEST_CASE("agent: the train handler's update is fl::train_local's, encoded", "[a
 TEST_CASE("agent: inference runs the assigned model; a round over the budget is refused", "[agent][data]") {
   const auto m = small_model();
   const auto bytes = fleetdl::io::encode_model(m);
-  ag::Worker wk(kData, ag::training_memory(m, ag::kAssignBatch, true, false), 1, 1.0);
+  ag::Worker wk(kData, ag::training_memory(m, 64, true, false), 1, 1.0);
   w::InferRequest req{3, {2, 784}, std::vector<float>(2 * 784, 0.5f)};
   CHECK_FALSE(wk.infer(req).ok());  // no module yet
   REQUIRE(wk.assign(1, w::ModuleKind::fdl_model, bytes).accepted);
@@ -480,6 +514,262 @@ TEST_CASE("agent: inference runs the assigned model; a round over the budget is 
   auto refused = wk.train(t, 0);
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.error().code == fleetdl::Errc::limit_exceeded);
+}
+
+// ---------------------------------------------------------------------------
+// Micro blobs: int8 inference through micro::Interpreter
+
+namespace {
+
+namespace mi = fleetdl::micro;
+
+/// Bytes at a 16-byte boundary, as micro::verify requires.
+struct AlignedBytes {
+  struct alignas(16) Block {
+    std::uint8_t b[16];
+  };
+  std::vector<Block> store;
+  std::size_t size = 0;
+  explicit AlignedBytes(std::size_t n) : store((n + 15) / 16), size(n) {}
+  explicit AlignedBytes(const std::vector<std::uint8_t>& v) : AlignedBytes(v.size()) {
+    std::memcpy(data(), v.data(), v.size());
+  }
+  std::uint8_t* data() { return reinterpret_cast<std::uint8_t*>(store.data()); }
+};
+
+/// A tiny int8 blob from the library's writer: input 4x4x2 (NHWC) -> conv
+/// 3x3 VALID, per-channel scales, bias, ReLU -> output 2x2x3. Neither the
+/// input nor the output is 1x1xC, so the CHW <-> NHWC order matters.
+std::vector<std::uint8_t> tiny_micro_blob(std::uint32_t seed = 5) {
+  std::mt19937 g(seed);
+  std::uniform_int_distribution<int> wd(-127, 127), bd(-300, 300);
+  std::vector<std::int8_t> weights(3 * 3 * 3 * 2);
+  for (auto& v : weights) v = static_cast<std::int8_t>(wd(g));
+  std::vector<std::int32_t> bias(3);
+  for (auto& v : bias) v = bd(g);
+  mi::BlobWriter bw;
+  const auto x = bw.activation({1, 4, 4, 2}, 0.05f, -3);
+  const auto k = bw.constant_int8({3, 3, 3, 2}, 1.0f, weights);
+  const auto b = bw.constant_int32({1, 1, 1, 3}, bias);
+  const auto s = bw.constant_float({1, 1, 1, 3}, {0.01f, 0.02f, 0.015f});
+  const auto y = bw.activation({1, 2, 2, 3}, 0.1f, -128);
+  mi::ConvOptions co;
+  co.activation = mi::Activation::relu;
+  bw.conv2d(x, k, b, s, y, co);
+  bw.inputs({x});
+  bw.outputs({y});
+  return bw.finish();
+}
+
+/// blob + arena bytes, computed here from the planner.
+std::uint64_t micro_need(const std::vector<std::uint8_t>& blob) {
+  AlignedBytes a(blob);
+  const mi::PlanResult p = mi::plan_arena_bytes(a.data(), a.size);
+  REQUIRE(p.status.ok());
+  return blob.size() + p.plan.total;
+}
+
+/// The reference: the blob straight through micro::Interpreter, one CHW
+/// float sample at a time (quantized into the NHWC input, output dequantized
+/// back to CHW).
+std::vector<float> run_micro_directly(const std::vector<std::uint8_t>& blob, const std::vector<float>& values,
+                                      std::size_t samples) {
+  AlignedBytes b(blob);
+  const mi::PlanResult p = mi::plan_arena_bytes(b.data(), b.size);
+  REQUIRE(p.status.ok());
+  AlignedBytes arena(static_cast<std::size_t>(p.plan.total));
+  mi::InitResult init = mi::Interpreter::init(b.data(), b.size, arena.data(), arena.size);
+  REQUIRE(init.ok());
+  mi::Interpreter& it = init.interpreter;
+  const mi::TensorInfo ti = it.input_info(0), to = it.output_info(0);
+  const int H = ti.shape.h, W = ti.shape.w, C = ti.shape.c;
+  const int OH = to.shape.h, OW = to.shape.w, OC = to.shape.c;
+  const std::size_t in = static_cast<std::size_t>(H * W * C), out = static_cast<std::size_t>(OH * OW * OC);
+  std::vector<float> y(samples * out);
+  for (std::size_t j = 0; j < samples; ++j) {
+    const float* chw = values.data() + j * in;
+    for (int c = 0; c < C; ++c)
+      for (int h = 0; h < H; ++h)
+        for (int x = 0; x < W; ++x)
+          it.input(0)[(h * W + x) * C + c] = mi::quantize(chw[(c * H + h) * W + x], ti.scale, ti.zero_point);
+    REQUIRE(it.invoke().ok());
+    for (int c = 0; c < OC; ++c)
+      for (int h = 0; h < OH; ++h)
+        for (int x = 0; x < OW; ++x)
+          y[j * out + static_cast<std::size_t>((c * OH + h) * OW + x)] =
+              mi::dequantize(it.output(0)[(h * OW + x) * OC + c], to.scale, to.zero_point);
+  }
+  return y;
+}
+
+w::InferRequest micro_request(std::uint64_t id, std::uint32_t samples, std::uint32_t seed = 11) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> d(-3.0f, 9.0f);  // some values saturate the input's int8 range
+  w::InferRequest r;
+  r.request_id = id;
+  r.dims = {samples, 32};
+  r.values.resize(static_cast<std::size_t>(samples) * 32);
+  for (auto& v : r.values) v = d(g);
+  return r;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("agent: a micro blob serves int8 inference, bit for bit the interpreter's", "[agent][micro]") {
+  const std::vector<std::uint8_t> blob = tiny_micro_blob();
+  const std::uint64_t need = micro_need(blob);
+  ag::Worker wk(kData, 1ULL << 30, 1, 1.0);
+  // a float model first: the blob replaces it
+  REQUIRE(wk.assign(1, w::ModuleKind::fdl_model, fleetdl::io::encode_model(small_model())).accepted);
+  const w::AssignResult a = wk.assign(2, w::ModuleKind::micro_blob, blob);
+  CHECK(a.validate().ok());
+  REQUIRE(a.accepted);
+  CHECK(a.reason_code == 0);
+  CHECK(a.peak_memory_bytes == need);
+  CHECK(a.budget_bytes == 1ULL << 30);
+  CHECK(wk.has_model());
+  CHECK(wk.has_micro_blob());
+  CHECK(wk.model() == nullptr);
+  CHECK(wk.module_id() == 2);
+  CHECK(wk.micro_memory_bytes() == need);
+
+  const w::InferRequest req = micro_request(9, 5);
+  const w::InferResponse resp = must(wk.infer(req));
+  CHECK(resp.validate().ok());
+  CHECK(resp.request_id == 9);
+  CHECK(resp.dims == std::vector<std::uint32_t>{5, 12});
+  CHECK(resp.compute_ms >= 0);
+  const std::vector<float> want = run_micro_directly(blob, req.values, 5);
+  CHECK(same_bits(resp.values, want));
+  // not trivially all zeros (the ReLU could clip everything)
+  CHECK(std::count(want.begin(), want.end(), 0.0f) < static_cast<std::ptrdiff_t>(want.size()));
+
+  // the same as `fleetdl eval` runs a blob (compress::QuantizedRunner over
+  // the blob's own input and output quantization)
+  {
+    AlignedBytes b(blob);
+    const mi::ModelView v(b.data(), b.size);
+    const mi::TensorDesc in = v.tensor(v.input_id(0)), out = v.tensor(v.output_id(0));
+    fleetdl::compress::QuantizedModel qm;
+    qm.blob = blob;
+    qm.input_shape = fleetdl::Shape{in.shape.c, in.shape.h, in.shape.w};
+    qm.output_shape = qm.output_layout = fleetdl::Shape{out.shape.c, out.shape.h, out.shape.w};
+    qm.input = {in.scale, in.zero_point};
+    qm.output = {out.scale, out.zero_point};
+    auto runner = must(fleetdl::compress::QuantizedRunner::create(qm));
+    fleetdl::Matrix<float> x(32, 5);
+    std::memcpy(x.data(), req.values.data(), req.values.size() * sizeof(float));
+    const fleetdl::Matrix<float> y = must(runner.run(x));
+    CHECK(same_bits(std::vector<float>(y.data(), y.data() + y.size()), resp.values));
+  }
+
+  // a second request with other values: the input is written anew each time
+  const w::InferRequest req2 = micro_request(10, 3, 77);
+  CHECK(same_bits(must(wk.infer(req2)).values, run_micro_directly(blob, req2.values, 3)));
+
+  // a wrong shape is refused as the float path refuses it
+  w::InferRequest bad = req;
+  bad.dims = {5, 784};
+  bad.values.assign(5 * 784, 0.0f);
+  auto e = wk.infer(bad);
+  REQUIRE_FALSE(e.ok());
+  CHECK(e.error().code == fleetdl::Errc::shape_mismatch);
+  CHECK(e.error().message.find("takes 32 per sample") != std::string::npos);
+
+  // a float model replaces the blob again
+  const auto m = small_model();
+  REQUIRE(wk.assign(3, w::ModuleKind::fdl_model, fleetdl::io::encode_model(m)).accepted);
+  CHECK_FALSE(wk.has_micro_blob());
+  CHECK(wk.micro_memory_bytes() == 0);
+  REQUIRE(wk.model() != nullptr);
+  w::InferRequest freq{4, {1, 784}, std::vector<float>(784, 0.25f)};
+  CHECK(must(wk.infer(freq)).dims == std::vector<std::uint32_t>{1, 10});
+  CHECK_FALSE(wk.infer(req).ok());  // the blob's input size no longer fits
+}
+
+TEST_CASE("agent: a corrupted micro blob is refused and the previous module stays", "[agent][micro]") {
+  const std::vector<std::uint8_t> blob = tiny_micro_blob();
+  ag::Worker wk(kData, 1ULL << 30, 1, 1.0);
+  REQUIRE(wk.assign(1, w::ModuleKind::micro_blob, blob).accepted);
+  const w::InferRequest req = micro_request(1, 4);
+  const std::vector<float> before = must(wk.infer(req)).values;
+
+  // a flipped byte in the constants (the CRC catches it), in the tensor
+  // table with the CRC recomputed (the structural checks catch it), and a
+  // truncated blob
+  std::vector<std::uint8_t> flipped = blob;
+  flipped[flipped.size() - 20] ^= 0x5A;
+  std::vector<std::uint8_t> structural = blob;
+  structural[mi::kHeaderBytes + mi::layout::kTType] = 7;  // tensor 0: no such type
+  mi::BlobWriter::patch_crc(structural);
+  std::vector<std::uint8_t> truncated(blob.begin(), blob.begin() + 50);
+  for (const auto* bad : {&flipped, &structural, &truncated}) {
+    const w::AssignResult r = wk.assign(2, w::ModuleKind::micro_blob, *bad);
+    CHECK(r.validate().ok());
+    CHECK_FALSE(r.accepted);
+    CHECK(r.module_id == 2);
+    CHECK(r.reason_code == static_cast<std::uint16_t>(ag::RefusalCode::invalid_module));
+    CHECK(r.reason_text.rfind("micro blob 2: ", 0) == 0);
+    CHECK(r.reason_text.find('\n') == std::string::npos);
+    CHECK(r.peak_memory_bytes == 0);
+    // the accepted blob stays and still answers the same
+    CHECK(wk.module_id() == 1);
+    CHECK(wk.has_micro_blob());
+    CHECK(same_bits(must(wk.infer(req)).values, before));
+  }
+  CHECK(wk.assign(3, w::ModuleKind::micro_blob, flipped).reason_text.find("CRC") != std::string::npos);
+  CHECK(wk.assign(3, w::ModuleKind::micro_blob, structural).reason_text.find("tensor type") != std::string::npos);
+  CHECK(same_bits(before, run_micro_directly(blob, req.values, 4)));
+
+  // a corrupted blob does not displace a float model either
+  ag::Worker fw(kData, 1ULL << 30, 1, 1.0);
+  REQUIRE(fw.assign(5, w::ModuleKind::fdl_model, fleetdl::io::encode_model(small_model())).accepted);
+  CHECK_FALSE(fw.assign(6, w::ModuleKind::micro_blob, flipped).accepted);
+  CHECK(fw.module_id() == 5);
+  CHECK(fw.model() != nullptr);
+  CHECK_FALSE(fw.has_micro_blob());
+  w::InferRequest freq{4, {1, 784}, std::vector<float>(784, 0.25f)};
+  CHECK(fw.infer(freq).ok());
+}
+
+TEST_CASE("agent: a micro blob over the budget is refused with blob + arena bytes", "[agent][micro]") {
+  const std::vector<std::uint8_t> blob = tiny_micro_blob();
+  const std::uint64_t need = micro_need(blob);
+  CHECK(need > blob.size());
+  ag::Worker small(kData, need - 1, 1, 1.0);
+  const w::AssignResult r = small.assign(4, w::ModuleKind::micro_blob, blob);
+  CHECK(r.validate().ok());
+  CHECK_FALSE(r.accepted);
+  CHECK(r.reason_code == static_cast<std::uint16_t>(ag::RefusalCode::over_budget));
+  CHECK(r.peak_memory_bytes == need);
+  CHECK(r.budget_bytes == need - 1);
+  CHECK(r.reason_text.find("exceeds the budget") != std::string::npos);
+  CHECK(r.reason_text.find(std::to_string(need) + " bytes") != std::string::npos);
+  CHECK_FALSE(small.has_model());
+  CHECK_FALSE(small.infer(micro_request(1, 1)).ok());
+
+  ag::Worker exact(kData, need, 1, 1.0);
+  const w::AssignResult ok = exact.assign(4, w::ModuleKind::micro_blob, blob);
+  CHECK(ok.accepted);
+  CHECK(ok.peak_memory_bytes == need);
+}
+
+TEST_CASE("agent: a micro blob cannot be trained", "[agent][micro]") {
+  ag::Worker wk(kData, 1ULL << 30, 1, 1.0);
+  REQUIRE(wk.assign(8, w::ModuleKind::micro_blob, tiny_micro_blob()).accepted);
+  const w::TrainRound t = small_round(small_model());
+  auto r = wk.train(t, 0);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == fleetdl::Errc::unsupported);
+  CHECK(r.error().message.find("micro blob") != std::string::npos);
+  CHECK(r.error().message.find("cannot be trained") != std::string::npos);
+  CHECK(r.error().message.find('\n') == std::string::npos);
+  CHECK(wk.has_micro_blob());  // still serves inference
+  CHECK(wk.infer(micro_request(1, 2)).ok());
 }
 
 // ---------------------------------------------------------------------------
