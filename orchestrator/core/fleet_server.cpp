@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -57,6 +58,12 @@ struct FleetServer::Impl {
       inbox.push_back(std::move(in));
     }
     cv.notify_all();
+  }
+  /// (device, run) pairs the orchestrator has sent a frame of; a device may bind frames only to these
+  std::set<std::pair<std::int64_t, std::uint64_t>> runs_of_device;
+  bool knows_run(std::int64_t device, std::uint64_t run) {
+    std::lock_guard lk(mu);
+    return runs_of_device.count({device, run}) > 0;
   }
   void count_close(wire::CloseReason r) {
     std::lock_guard lk(mu);
@@ -204,8 +211,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_read(const std::error_code& ec, std::size_t n) {
     if (closed_ || closing_) return;
     if (ec) {
-      // the peer went away (EOF, reset, TLS alert): not a protocol error
-      srv_.count_close(wire::CloseReason::normal);
+      // the peer went away (EOF, reset, TLS alert): not a protocol error, unless it left a frame unfinished
+      const wire::Verdict& cut = decoder_.finish();
+      srv_.count_close(cut.ok() ? wire::CloseReason::normal : cut.reason);
+      if (!cut.ok())
+        srv_.event(device_ > 0 ? std::optional<std::int64_t>(device_) : std::nullopt, "closed",
+                   peer_ + ": " + wire::close_reason_name(cut.reason) + ": " + cut.message() + " (" + ec.message() + ")");
       if (hello_done_ && !enroll_)
         srv_.event(device_, "disconnected", "device '" + name_ + "' (" + peer_ + ") disconnected: " + ec.message());
       detach("disconnected: " + ec.message());
@@ -251,6 +262,27 @@ class Session : public std::enable_shared_from_this<Session> {
         return;
       }
       on_hello(std::get<wire::Hello>(*msg));
+      return;
+    }
+    switch (f.header.type) {  // after hello: only what a device sends (docs/wire.md, direction column)
+      case wire::MessageType::assign_result:
+      case wire::MessageType::update:
+      case wire::MessageType::infer_request:
+      case wire::MessageType::infer_response:
+      case wire::MessageType::heartbeat:
+      case wire::MessageType::metrics:
+      case wire::MessageType::error:
+      case wire::MessageType::bye:
+        break;
+      default:
+        fail(wire::CloseReason::unexpected_message,
+             std::string(wire::message_type_name(f.header.type)) + " from a device after hello");
+        return;
+    }
+    // a run this device was never sent a frame of: refused before it takes a replay-guard stream
+    if (f.header.binding.run != 0 && !srv_.knows_run(device_, f.header.binding.run)) {
+      fail(wire::CloseReason::unexpected_message, "frame for run " + std::to_string(f.header.binding.run) +
+                                                      ", which device " + std::to_string(device_) + " is not in");
       return;
     }
     if (f.header.binding.device != static_cast<std::uint64_t>(device_)) {
@@ -564,6 +596,10 @@ Result<std::size_t> FleetServer::send(std::int64_t device, const wire::Message& 
       return make_error(Errc::not_found, "device " + std::to_string(device) + " is not connected");
     s = it->second;
   }
+  if (bound.run != 0) {
+    std::lock_guard lk(impl_->mu);
+    impl_->runs_of_device.insert({device, bound.run});
+  }
   const std::size_t n = frame->size();
   asio::post(impl_->io, [s, f = std::move(*frame)]() mutable { s->enqueue(std::move(f)); });
   return n;
@@ -608,6 +644,10 @@ ServerCounters FleetServer::counters() const {
 }
 
 void FleetServer::forget_run(std::uint64_t run) {
+  {
+    std::lock_guard lk(impl_->mu);
+    std::erase_if(impl_->runs_of_device, [run](const auto& p) { return p.second == run; });
+  }
   asio::post(impl_->io, [impl = impl_.get(), run] { impl->guard.forget_run(run); });
 }
 

@@ -751,8 +751,9 @@ std::vector<Case> all_cases(const Options& o) {
          c.write(std::move(f));
          wait_ms = 5000;
        });
-  post("post_replay_guard_full", "oversized",
-       "5000 valid heartbeats, each for a new run id, until the replay guard (4096 streams) is full",
+  post("post_replay_guard_full", "unexpected_message",
+       "valid heartbeats for run ids the device was never sent: refused at the first, before the replay guard "
+       "(4096 streams) could be filled",
        [&](Conn& c, const Identity& id, int&) {
          Bytes all;
          for (std::uint64_t k = 0; k < 5000; ++k) {

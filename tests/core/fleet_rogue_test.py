@@ -69,14 +69,7 @@ DATA_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-
 # Cases whose expected behaviour the server does not have yet (a bug reported,
 # not fixed): they print XFAIL instead of failing the test, and XPASS (which
 # fails, so the entry gets removed) once the server is fixed.
-KNOWN_BUGS = {
-    # FleetServer's Session::handle forwards every decodable message after
-    # hello to the round engine, which ignores what it does not expect: a
-    # device may send orchestrator-only messages (a second hello, assign_chunk,
-    # train_round, ...) and the connection stays open, where docs/wire.md
-    # requires `unexpected_message`.
-    "post_second_hello", "post_assign_chunk_out_of_order", "post_train_round_from_device",
-}
+KNOWN_BUGS = set()  # the three "orchestrator-only message after hello" cases were fixed in FleetServer
 
 FLEETDL = AGENT = ROGUE = None
 PROCS = []
