@@ -10,3 +10,4 @@
 #include "fleetdl/partition/assign.hpp"
 #include "fleetdl/partition/nonn.hpp"
 #include "fleetdl/partition/placement.hpp"
+#include "fleetdl/partition/modules.hpp"

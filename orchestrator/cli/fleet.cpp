@@ -14,6 +14,11 @@
 //       mints tokens for agents started by hand (printed one per line).
 //   fleet run --config FILE [--db fleet.db] [--threads T] [--data-dir DIR] [--json]
 //   fleet resume [--db fleet.db] [--run ID] [--threads T] [--data-dir DIR] [--json]
+//   fleet infer --modules DIR|MODEL.fdl [--db fleet.db] [--replicas N] [--batch B] [--test-limit N]
+//               [--wait S] [--timeout S] [--bind A] [--enroll-port P] [--fleet-port P]
+//               [--discovery-port P] [--no-discovery] [--threads T] [--data-dir DIR] [--json]
+//       distributed inference on the connected devices: a NoNN module set
+//       (one student per device, the combiner here) or one model on N devices.
 #include "cli_common.hpp"
 
 #include "fleet_ca.hpp"
@@ -22,6 +27,8 @@
 
 #include "fleetdl/core/file.hpp"
 #include "fleetdl/core/json.hpp"
+
+#include <asio.hpp>
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -362,17 +369,94 @@ int cmd_resume(int argc, char** argv) {
   return finish_run(cmd, r, db, json);
 }
 
+int cmd_fleet_infer(int argc, char** argv) {
+  const std::string cmd = "fleet infer";
+  Args a(cmd, argc, argv,
+         {"--modules", "--db", "--replicas", "--batch", "--test-limit", "--wait", "--timeout", "--bind", "--enroll-port",
+          "--fleet-port", "--discovery-port", "--threads", "--data-dir"},
+         {"--json", "--no-discovery"});
+  if (!a.positional().empty()) throw UsageError{"unexpected argument '" + a.positional()[0] + "'"};
+  if (!a.has("--modules")) throw UsageError{"--modules DIR|MODEL.fdl is required"};
+  core::FleetInferOptions o;
+  o.db_path = a.str("--db", "fleet.db");
+  o.ca_dir = ca_dir(o.db_path);
+  o.modules = a.str("--modules", "");
+  o.replicas = static_cast<long>(a.integer("--replicas", 1, 1, 4096));
+  o.batch = static_cast<long>(a.integer("--batch", 32, 1, 65536));
+  o.test_limit = static_cast<long>(a.integer("--test-limit", -1, 1, 1 << 30));
+  o.threads = static_cast<int>(a.integer("--threads", 1, 1, FLEETDL_MAX_THREADS));
+  o.data_dir = a.str("--data-dir", "");
+  o.fleet.wait_seconds = a.number("--wait", 60, 0.1, 1e6);
+  o.request_timeout_seconds = a.number("--timeout", 120, 0.1, 1e6);
+  o.fleet.bind_address = a.str("--bind", "127.0.0.1");
+  o.fleet.enroll_port = static_cast<std::uint16_t>(a.integer("--enroll-port", 47801, 0, 65535));
+  o.fleet.fleet_port = static_cast<std::uint16_t>(a.integer("--fleet-port", 47802, 0, 65535));
+  o.fleet.discovery_port = static_cast<std::uint16_t>(a.integer("--discovery-port", 47800, 1, 65535));
+  o.fleet.discovery = !a.has("--no-discovery");
+  {
+    std::error_code aec;
+    (void)asio::ip::make_address_v4(o.fleet.bind_address, aec);
+    if (aec) throw UsageError{"--bind: '" + o.fleet.bind_address + "' is not an IPv4 address"};
+  }
+  if (a.has("--replicas") && fs::is_directory(o.modules))
+    throw UsageError{"--replicas applies to one model file; a NoNN module directory puts one student on each device"};
+  const bool json_out = a.has("--json");
+  o.log = [json_out](const std::string& line) {
+    std::fprintf(json_out ? stderr : stdout, "%s\n", line.c_str());
+    std::fflush(json_out ? stderr : stdout);
+  };
+  std::ostringstream cfg;
+  cfg << "{\"job\":\"infer\",\"modules\":\"" << json::escape(o.modules) << "\",\"replicas\":" << o.replicas
+      << ",\"batch\":" << o.batch << ",\"test_limit\":" << o.test_limit << "}";
+  auto r = core::fleet_infer(o, cfg.str());
+  if (!r) return fail(cmd, r.error().message);
+  const auto per_image = [&](std::int64_t bytes, long images) { return images > 0 ? static_cast<double>(bytes) / images : 0.0; };
+  if (json_out) {
+    std::ostringstream out;
+    out << "{\"run\":" << r->run << ",\"images\":" << r->images << ",\"test_accuracy\":" << json::number(r->accuracy)
+        << ",\"matches_local\":" << (r->matches_local ? (*r->matches_local ? "true" : "false") : "null")
+        << ",\"wall_seconds\":" << json::number(r->wall_seconds) << ",\"devices\":[";
+    for (std::size_t i = 0; i < r->devices.size(); ++i) {
+      const auto& d = r->devices[i];
+      out << (i ? "," : "") << "{\"device\":" << d.device << ",\"name\":\"" << json::escape(d.name) << "\",\"module\":\""
+          << json::escape(d.module) << "\",\"features\":" << d.features << ",\"module_bytes\":" << d.module_bytes
+          << ",\"bytes_down\":" << d.bytes_down << ",\"bytes_up\":" << d.bytes_up
+          << ",\"request_bytes_down\":" << d.request_bytes_down << ",\"images\":" << d.images
+          << ",\"bytes_up_per_image\":" << json::number(per_image(d.bytes_up, d.images))
+          << ",\"feature_bytes_per_image\":" << d.features * 4 << ",\"compute_ms\":" << json::number(d.compute_ms)
+          << ",\"peak_memory_bytes\":" << d.peak_memory_bytes << ",\"budget_bytes\":" << d.budget_bytes << "}";
+    }
+    out << "]}";
+    std::printf("%s\n", out.str().c_str());
+  } else {
+    std::printf("run %lld: accuracy %.4f on %ld images in %.2f s%s\n", static_cast<long long>(r->run), r->accuracy,
+                r->images, r->wall_seconds,
+                r->matches_local ? (*r->matches_local ? " (equal to the same modules run locally)"
+                                                      : " (DIFFERS from the same modules run locally)")
+                                 : "");
+    std::printf("%-16s %-20s %8s %12s %12s %14s %10s %12s %12s\n", "device", "module", "features", "bytes down",
+                "bytes up", "up B/image", "compute ms", "peak B", "budget B");
+    for (const auto& d : r->devices)
+      std::printf("%-16s %-20s %8ld %12lld %12lld %14.1f %10.1f %12lld %12lld\n", d.name.c_str(), d.module.c_str(),
+                  d.features, static_cast<long long>(d.bytes_down), static_cast<long long>(d.bytes_up),
+                  per_image(d.bytes_up, d.images), d.compute_ms, static_cast<long long>(d.peak_memory_bytes),
+                  static_cast<long long>(d.budget_bytes));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int cmd_fleet(int argc, char** argv) {
-  if (argc < 1) throw UsageError{"missing subcommand (known: up, down, token, run, resume)"};
+  if (argc < 1) throw UsageError{"missing subcommand (known: up, down, token, run, resume, infer)"};
   const std::string sub = argv[0];
   if (sub == "up") return cmd_up(argc - 1, argv + 1);
   if (sub == "down") return cmd_down(argc - 1, argv + 1);
   if (sub == "token") return cmd_token(argc - 1, argv + 1);
   if (sub == "run") return cmd_run(argc - 1, argv + 1);
   if (sub == "resume") return cmd_resume(argc - 1, argv + 1);
-  throw UsageError{"unknown subcommand '" + sub + "' (known: up, down, token, run, resume)"};
+  if (sub == "infer") return cmd_fleet_infer(argc - 1, argv + 1);
+  throw UsageError{"unknown subcommand '" + sub + "' (known: up, down, token, run, resume, infer)"};
 }
 
 }  // namespace fleetdl::cli

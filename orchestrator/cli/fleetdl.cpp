@@ -58,7 +58,8 @@ constexpr const char* kUsage =
     "  export-header  embed a verified int8 micro model blob in a C/C++ header\n"
     "  compress  structured/magnitude pruning, clustering, int8 quantization with per-stage report\n"
     "  report  a run of the fleet database as HTML (SVG charts), CSV or JSON\n"
-    "  fleet up|down|token|run|resume  local agents, enrollment tokens, federated runs on a real fleet\n"
+    "  fleet up|down|token|run|resume|infer  local agents, enrollment tokens, federated runs and\n"
+    "                                  distributed inference on a real fleet\n"
     "\n"
     "train options:\n"
     "  --dataset NAME        fashion-mnist (default)\n"
@@ -114,7 +115,10 @@ constexpr const char* kUsage =
     "              [--host H] [--enroll-port P (47801)] [--fleet-port P (47802)]: agents connect there directly\n"
     "fleet down options: [--db fleet.db]    fleet token options: [--db fleet.db] [--count N] [--ttl S]\n"
     "fleet run options: --config FILE (docs/fleet.md) [--db fleet.db] [--threads T] [--data-dir DIR] [--json]\n"
-    "fleet resume options: [--db fleet.db] [--run ID (default: the newest unfinished)] [--threads T] [--json]\n";
+    "fleet resume options: [--db fleet.db] [--run ID (default: the newest unfinished)] [--threads T] [--json]\n"
+    "fleet infer options: --modules DIR|MODEL.fdl [--db fleet.db] [--replicas N (1)] [--batch B (32)]\n"
+    "              [--test-limit N] [--wait S (60)] [--timeout S (120)] [--bind A] [--enroll-port P]\n"
+    "              [--fleet-port P] [--discovery-port P] [--no-discovery] [--threads T] [--data-dir DIR] [--json]\n";
 
 
 int cmd_train(int argc, char** argv) {
@@ -549,7 +553,7 @@ int main(int argc, char** argv) {
     const bool nonn = cmd == "partition" && argc > 2 && std::string(argv[2]) == "nonn";
     const std::string fleet_sub = cmd == "fleet" && argc > 2 ? "fleet " + std::string(argv[2]) : std::string();
     const bool fleet_known = fleet_sub == "fleet up" || fleet_sub == "fleet down" || fleet_sub == "fleet token" ||
-                             fleet_sub == "fleet run" || fleet_sub == "fleet resume";
+                             fleet_sub == "fleet run" || fleet_sub == "fleet resume" || fleet_sub == "fleet infer";
     return fail(fl_sim ? "fl simulate" : nonn ? "partition nonn" : fleet_known ? fleet_sub : cmd,
                 e.msg + " (see fleetdl --help)", 2);
   }

@@ -14,6 +14,7 @@
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/nn/train.hpp"
 #include "fleetdl/nn/zoo.hpp"
+#include "fleetdl/partition/modules.hpp"
 #include "fleetdl/partition/placement.hpp"
 #include "fleetdl/sim/simulator.hpp"
 
@@ -105,10 +106,157 @@ Result<Vector<float>> floats_of(const Blob& b, Index expect, const std::string& 
   return v;
 }
 
-/// Everything one run needs, for a new run and for a resumed one.
-class Engine {
+/// What every fleet job has: the database, the fleet CA, the server with its
+/// listeners, discovery, and the log and event helpers.
+class FleetHost {
  public:
-  Engine(const FleetConfig& cfg, const FleetRunOptions& o) : cfg_(cfg), o_(o) {}
+  FleetHost(const FleetSection& fleet, std::string db_path, std::filesystem::path ca_dir,
+            std::function<void(const std::string&)> log)
+      : fleet_(fleet), db_path_(std::move(db_path)), ca_dir_(std::move(ca_dir)), log_(std::move(log)) {}
+  FleetHost(const FleetHost&) = delete;
+  FleetHost& operator=(const FleetHost&) = delete;
+  ~FleetHost() {
+    if (disc_) disc_->stop();
+    disc_work_.reset();
+    disc_io_.stop();
+    if (disc_thread_.joinable()) disc_thread_.join();
+  }
+
+ protected:
+  Result<void> open_store() {
+    auto st = Store::open(db_path_);
+    if (!st) return std::move(st).error();
+    store_.emplace(std::move(*st));
+    std::error_code ec;
+    auto ca = std::filesystem::exists(ca_dir_ / "ca.crt", ec) ? FleetCa::load(ca_dir_) : FleetCa::create(ca_dir_);
+    if (!ca) return std::move(ca).error();
+    ca_.emplace(std::move(*ca));
+    return success();
+  }
+
+  /// Start the server (with limits_) and, when configured, discovery.
+  Result<void> listen() {
+    ServerOptions so;
+    so.db_path = db_path_;
+    so.bind_address = fleet_.bind_address;
+    so.enroll_port = fleet_.enroll_port;
+    so.fleet_port = fleet_.fleet_port;
+    so.heartbeat_ms = fleet_.heartbeat_ms;
+    so.limits = limits_;
+    if (fleet_.bind_address == "0.0.0.0") {
+      // any interface may answer, so the certificate names them all: an agent
+      // checks the address it connects to (the invite's) against the SANs
+      for (const std::string& a : local_ipv4_addresses())
+        if (std::find(so.server_names.begin(), so.server_names.end(), a) == so.server_names.end())
+          so.server_names.push_back(a);
+    } else if (fleet_.bind_address != "127.0.0.1") {
+      so.server_names.push_back(fleet_.bind_address);
+    }
+    auto srv = FleetServer::start(so, *ca_);
+    if (!srv) return std::move(srv).error();
+    server_ = std::move(*srv);
+    log("listening on " + fleet_.bind_address + ": enrollment port " + std::to_string(server_->enroll_port()) +
+        ", fleet port " + std::to_string(server_->fleet_port()));
+    if (fleet_.discovery) FLEETDL_TRY(start_discovery());
+    return success();
+  }
+
+  Result<void> start_discovery() {
+    ListenerOptions lo;
+    lo.port = fleet_.discovery_port;
+    // A loopback-only fleet answers only loopback announces; a fleet bound to
+    // one address hears broadcasts on every interface but invites agents to
+    // that address; 0.0.0.0 lets each invite name the address that answered.
+    std::error_code aec;
+    const auto bind = asio::ip::make_address_v4(fleet_.bind_address, aec);
+    if (!aec && bind.is_loopback()) lo.bind_address = bind;
+    else if (!aec && !bind.is_unspecified()) lo.advertise = bind;
+    lo.enroll_port = server_->enroll_port();
+    lo.fleet_port = server_->fleet_port();
+    const std::string& fp = ca_->ca_fingerprint_sha256();
+    for (std::size_t i = 0; i < lo.ca_fingerprint.size() && 2 * i + 1 < fp.size(); ++i)
+      lo.ca_fingerprint[i] = static_cast<std::uint8_t>(std::stoi(fp.substr(2 * i, 2), nullptr, 16));
+    std::uint64_t id = 0;
+    for (std::size_t i = 0; i < 8; ++i) id = (id << 8) | lo.ca_fingerprint[i];
+    lo.fleet_id = id == 0 ? 1 : id;
+    disc_.emplace(disc_io_, lo);
+    auto ok = disc_->start();
+    if (!ok) return make_error(ok.error().code, "discovery: " + ok.error().message);
+    disc_work_.emplace(asio::make_work_guard(disc_io_));
+    disc_thread_ = std::thread([this] { disc_io_.run(); });
+    log("discovery: answering announcements on UDP port " + std::to_string(disc_->local_port()));
+    return success();
+  }
+
+  /// Queue `bytes` for `device` as assign chunks of module `module_id`;
+  /// returns the bytes of all its frames.
+  Result<std::size_t> send_module(std::int64_t device, std::uint64_t module_id, wire::ModuleKind kind,
+                                  const std::vector<std::uint8_t>& bytes) {
+    const std::uint32_t crc = crc32(bytes.data(), bytes.size());
+    const auto count = static_cast<std::uint32_t>(std::max<std::size_t>(1, (bytes.size() + kChunkBytes - 1) / kChunkBytes));
+    std::size_t total = 0;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      wire::AssignChunk c;
+      c.module_id = module_id;
+      c.kind = kind;
+      c.chunk_index = i;
+      c.chunk_count = count;
+      c.total_bytes = bytes.size();
+      c.module_crc = crc;
+      const std::size_t at = static_cast<std::size_t>(i) * kChunkBytes;
+      c.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(at),
+                    bytes.begin() + static_cast<std::ptrdiff_t>(std::min(bytes.size(), at + kChunkBytes)));
+      auto sent = server_->send(device, c, wire::Binding{0, static_cast<std::uint64_t>(run_), 0, 0});
+      if (!sent) return std::move(sent).error();
+      total += *sent;
+    }
+    return total;
+  }
+
+  std::int64_t budget(std::int64_t device) const {
+    const auto h = server_->hello_of(device);
+    return h ? static_cast<std::int64_t>(h->memory_budget_bytes) : 0;
+  }
+
+  std::string name(std::int64_t device) {
+    if (auto h = server_->hello_of(device)) return "'" + h->agent_name + "'";
+    auto rec = store_->device(device);
+    return rec ? "'" + rec->name + "'" : std::to_string(device);
+  }
+
+  void log(const std::string& line) {
+    if (log_) log_(line);
+  }
+
+  void event(const std::string& kind, const std::string& message, std::optional<std::int64_t> device = std::nullopt) {
+    Event e;
+    e.at = unix_ms_now();
+    if (run_ > 0) e.run = run_;
+    e.device = device;
+    e.kind = kind;
+    e.message = message;
+    (void)store_->add_event(e);
+  }
+
+  FleetSection fleet_;
+  std::string db_path_;
+  std::filesystem::path ca_dir_;
+  std::function<void(const std::string&)> log_;
+  std::optional<Store> store_;
+  std::optional<FleetCa> ca_;
+  std::unique_ptr<FleetServer> server_;
+  asio::io_context disc_io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> disc_work_;
+  std::optional<DiscoveryListener> disc_;
+  std::thread disc_thread_;
+  wire::Limits limits_{};
+  std::int64_t run_ = 0;
+};
+
+/// Everything one run needs, for a new run and for a resumed one.
+class Engine : public FleetHost {
+ public:
+  Engine(const FleetConfig& cfg, const FleetRunOptions& o) : FleetHost(cfg.fleet, o.db_path, o.ca_dir, o.log), cfg_(cfg), o_(o) {}
 
   Result<std::int64_t> start(const std::string& config_text) {
     FLEETDL_TRY(prepare());
@@ -167,23 +315,10 @@ class Engine {
     return finish(std::move(r));
   }
 
-  ~Engine() {
-    if (disc_) disc_->stop();
-    disc_work_.reset();
-    disc_io_.stop();
-    if (disc_thread_.joinable()) disc_thread_.join();
-  }
-
  private:
   // ------------------------------------------------------------ setup
   Result<void> prepare() {
-    auto st = Store::open(o_.db_path);
-    if (!st) return std::move(st).error();
-    store_.emplace(std::move(*st));
-    std::error_code ec;
-    auto ca = std::filesystem::exists(o_.ca_dir / "ca.crt", ec) ? FleetCa::load(o_.ca_dir) : FleetCa::create(o_.ca_dir);
-    if (!ca) return std::move(ca).error();
-    ca_.emplace(std::move(*ca));
+    FLEETDL_TRY(open_store());
 
     const std::string dir = o_.data_dir.empty() ? cfg_.fl.dataset_dir : o_.data_dir;
     auto test = data::load_fashion_mnist<float>(dir, false, cfg_.fl.test_limit);
@@ -206,58 +341,9 @@ class Engine {
     // it is sized to the model rather than left at the 8 MiB default)
     limits_.max_train_params = std::max<std::size_t>(d, 1);
     limits_.max_frame_payload = std::max<std::size_t>(2 * d * sizeof(float) + 64 * 1024, 256 * 1024);
-
-    ServerOptions so;
-    so.db_path = o_.db_path;
-    so.bind_address = cfg_.fleet.bind_address;
-    so.enroll_port = cfg_.fleet.enroll_port;
-    so.fleet_port = cfg_.fleet.fleet_port;
-    so.heartbeat_ms = cfg_.fleet.heartbeat_ms;
-    so.limits = limits_;
-    if (cfg_.fleet.bind_address == "0.0.0.0") {
-      // any interface may answer, so the certificate names them all: an agent
-      // checks the address it connects to (the invite's) against the SANs
-      for (const std::string& a : local_ipv4_addresses())
-        if (std::find(so.server_names.begin(), so.server_names.end(), a) == so.server_names.end())
-          so.server_names.push_back(a);
-    } else if (cfg_.fleet.bind_address != "127.0.0.1") {
-      so.server_names.push_back(cfg_.fleet.bind_address);
-    }
-    auto srv = FleetServer::start(so, *ca_);
-    if (!srv) return std::move(srv).error();
-    server_ = std::move(*srv);
-    log("listening on " + cfg_.fleet.bind_address + ": enrollment port " + std::to_string(server_->enroll_port()) +
-        ", fleet port " + std::to_string(server_->fleet_port()));
-    if (cfg_.fleet.discovery) FLEETDL_TRY(start_discovery());
-    return success();
+    return listen();
   }
 
-  Result<void> start_discovery() {
-    ListenerOptions lo;
-    lo.port = cfg_.fleet.discovery_port;
-    // A loopback-only fleet answers only loopback announces; a fleet bound to
-    // one address hears broadcasts on every interface but invites agents to
-    // that address; 0.0.0.0 lets each invite name the address that answered.
-    std::error_code aec;
-    const auto bind = asio::ip::make_address_v4(cfg_.fleet.bind_address, aec);
-    if (!aec && bind.is_loopback()) lo.bind_address = bind;
-    else if (!aec && !bind.is_unspecified()) lo.advertise = bind;
-    lo.enroll_port = server_->enroll_port();
-    lo.fleet_port = server_->fleet_port();
-    const std::string& fp = ca_->ca_fingerprint_sha256();
-    for (std::size_t i = 0; i < lo.ca_fingerprint.size() && 2 * i + 1 < fp.size(); ++i)
-      lo.ca_fingerprint[i] = static_cast<std::uint8_t>(std::stoi(fp.substr(2 * i, 2), nullptr, 16));
-    std::uint64_t id = 0;
-    for (std::size_t i = 0; i < 8; ++i) id = (id << 8) | lo.ca_fingerprint[i];
-    lo.fleet_id = id == 0 ? 1 : id;
-    disc_.emplace(disc_io_, lo);
-    auto ok = disc_->start();
-    if (!ok) return make_error(ok.error().code, "discovery: " + ok.error().message);
-    disc_work_.emplace(asio::make_work_guard(disc_io_));
-    disc_thread_ = std::thread([this] { disc_io_.run(); });
-    log("discovery: answering announcements on UDP port " + std::to_string(disc_->local_port()));
-    return success();
-  }
 
   // ------------------------------------------------------------ devices
   /// One device's training round, from the model's cost report (computed
@@ -366,25 +452,11 @@ class Engine {
   /// Send the module to every device of the run and wait for its answer.
   Result<void> assign() {
     const auto& bytes = module_bytes();
-    const std::uint32_t crc = crc32(bytes.data(), bytes.size());
-    const auto count = static_cast<std::uint32_t>(std::max<std::size_t>(1, (bytes.size() + kChunkBytes - 1) / kChunkBytes));
     const std::uint64_t module_id = static_cast<std::uint64_t>(run_);
     std::set<std::int64_t> waiting(shard_device_.begin(), shard_device_.end());
     for (const auto d : shard_device_) {
-      for (std::uint32_t i = 0; i < count; ++i) {
-        wire::AssignChunk c;
-        c.module_id = module_id;
-        c.kind = wire::ModuleKind::fdl_model;
-        c.chunk_index = i;
-        c.chunk_count = count;
-        c.total_bytes = bytes.size();
-        c.module_crc = crc;
-        const std::size_t at = static_cast<std::size_t>(i) * kChunkBytes;
-        c.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(at),
-                      bytes.begin() + static_cast<std::ptrdiff_t>(std::min(bytes.size(), at + kChunkBytes)));
-        auto sent = server_->send(d, c, wire::Binding{0, static_cast<std::uint64_t>(run_), 0, 0});
-        if (!sent) return make_error(sent.error().code, "assigning the module: " + sent.error().message);
-      }
+      auto sent = send_module(d, module_id, wire::ModuleKind::fdl_model, bytes);
+      if (!sent) return make_error(sent.error().code, "assigning the module: " + sent.error().message);
     }
     const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
     while (!waiting.empty()) {
@@ -681,41 +753,8 @@ class Engine {
     return run_;
   }
 
-  std::int64_t budget(std::int64_t device) const {
-    const auto h = server_->hello_of(device);
-    return h ? static_cast<std::int64_t>(h->memory_budget_bytes) : 0;
-  }
-
-  std::string name(std::int64_t device) {
-    if (auto h = server_->hello_of(device)) return "'" + h->agent_name + "'";
-    auto rec = store_->device(device);
-    return rec ? "'" + rec->name + "'" : std::to_string(device);
-  }
-
-  void log(const std::string& line) {
-    if (o_.log) o_.log(line);
-  }
-
-  void event(const std::string& kind, const std::string& message, std::optional<std::int64_t> device = std::nullopt) {
-    Event e;
-    e.at = unix_ms_now();
-    if (run_ > 0) e.run = run_;
-    e.device = device;
-    e.kind = kind;
-    e.message = message;
-    (void)store_->add_event(e);
-  }
-
   const FleetConfig& cfg_;
   FleetRunOptions o_;
-  std::optional<Store> store_;
-  std::optional<FleetCa> ca_;
-  std::unique_ptr<FleetServer> server_;
-  asio::io_context disc_io_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> disc_work_;
-  std::optional<DiscoveryListener> disc_;
-  std::thread disc_thread_;
-  wire::Limits limits_{};
   data::Dataset<float> test_;
   nn::Model<float> model_;
   sim::StrategyBundle<float> bundle_;
@@ -723,7 +762,399 @@ class Engine {
   partition::ModuleDemand demand_;
   std::vector<std::uint8_t> module_;
   std::vector<std::int64_t> shard_device_;
-  std::int64_t run_ = 0;
+};
+
+/// `fleet infer`: modules out to devices, batches of test images through
+/// them, the answers combined here.
+class InferEngine : public FleetHost {
+ public:
+  explicit InferEngine(const FleetInferOptions& o) : FleetHost(o.fleet, o.db_path, o.ca_dir, o.log), o_(o) {}
+
+  Result<FleetInferResult> start(const std::string& config_json) {
+    FLEETDL_TRY(prepare());
+    FLEETDL_TRY(gather());
+    auto run = store_->create_run(RunKind::infer, config_json, 0, unix_ms_now());
+    if (!run) return std::move(run).error();
+    run_ = *run;
+    log("run " + std::to_string(run_) + ": inference of " + std::to_string(test_.size()) + " images on " +
+        std::to_string(mods_.size()) + (nonn_ ? " NoNN students" : " replicas of " + mods_[0].name));
+    event("run_started", "inference run " + std::to_string(run_) + " started");
+    const auto t0 = Clock::now();
+    auto r = record_assignments();
+    if (r) r = assign();
+    if (r) r = nonn_ ? infer_nonn() : infer_replicas();
+    if (r) r = combine_and_record(t0);
+    const auto now = unix_ms_now();
+    if (!r) {
+      (void)store_->set_run_status(run_, RunStatus::failed, now);
+      event("run_failed", r.error().message);
+      return std::move(r).error();
+    }
+    for (const auto& m : mods_)
+      (void)server_->send(m.device, wire::Bye{}, wire::Binding{0, static_cast<std::uint64_t>(run_), 0, 0});
+    (void)store_->set_run_status(run_, RunStatus::finished, now);
+    event("run_finished", "inference run " + std::to_string(run_) + " finished");
+    server_->forget_run(static_cast<std::uint64_t>(run_));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the byes go out
+    result_.run = run_;
+    return result_;
+  }
+
+ private:
+  struct Module {
+    std::string name;                  ///< file name (student) or the model's
+    nn::Model<float> model;
+    std::vector<std::uint8_t> bytes;   ///< the .fdl file as sent
+    Index features = 0;                ///< outputs per image
+    Index row = 0;                     ///< NoNN: first row of its features in the combiner's input
+    partition::ModuleDemand demand;
+    std::int64_t device = 0;
+    FleetInferDevice cost;
+  };
+
+  Result<void> prepare() {
+    std::error_code ec;
+    if (o_.batch < 1 || o_.batch > 65536) return make_error(Errc::invalid_argument, "batch must be in [1, 65536]");
+    if (o_.replicas < 1 || o_.replicas > 4096) return make_error(Errc::invalid_argument, "replicas must be in [1, 4096]");
+    if (std::filesystem::is_directory(o_.modules, ec)) {
+      auto set = partition::load_modules(o_.modules);
+      if (!set) return std::move(set).error();
+      nonn_ = true;
+      Index row = 0;
+      for (auto& st : set->students) {
+        Module m;
+        m.name = std::filesystem::path(st.file).filename().string();
+        m.features = st.features;
+        m.row = row;
+        row += st.features;
+        m.model = std::move(st.model);
+        mods_.push_back(std::move(m));
+      }
+      combiner_ = std::move(set->combiner);
+      reference_ = std::move(set->unified);
+      classes_ = set->classes;
+    } else {
+      auto f = io::load_model<float>(o_.modules);
+      if (!f) return std::move(f).error();
+      classes_ = f->model.output_shape().size();
+      for (long i = 0; i < o_.replicas; ++i) {
+        Module m;
+        m.name = std::filesystem::path(o_.modules).filename().string();
+        m.model = f->model;
+        m.features = classes_;
+        mods_.push_back(std::move(m));
+      }
+      reference_ = std::move(f->model);
+    }
+    const std::string dir = o_.data_dir.empty() ? std::string(FLEETDL_FASHION_MNIST_DIR) : o_.data_dir;
+    auto test = data::load_fashion_mnist<float>(dir, false, o_.test_limit);
+    if (!test) return std::move(test).error();
+    test_ = std::move(*test);
+    if (test_.size() < 1) return make_error(Errc::invalid_argument, dir + ": no test images");
+    const Index in = mods_[0].model.input_shape().size();
+    if (test_.images.rows() != in)
+      return make_error(Errc::shape_mismatch, o_.modules + ": the modules take " + mods_[0].model.input_shape().str() +
+                                                  " inputs, the dataset has " + std::to_string(test_.images.rows()) +
+                                                  " values per image");
+    const Index batch = std::min<Index>(o_.batch, test_.size());
+    for (auto& m : mods_) {
+      m.bytes = io::encode_model(m.model);
+      m.demand = partition::inference_demand<float>(m.name, m.model);
+      double peak = 0;
+      for (const auto& r : m.model.cost_report())
+        peak = std::max(peak, static_cast<double>(r.act_in_bytes + r.act_out_bytes));
+      m.demand.memory_bytes += static_cast<double>(batch - 1) * peak;  // a batch's activations, not one image's
+      m.demand.macs *= static_cast<double>(batch);
+    }
+    // a request carries a batch of images; a response a batch of outputs
+    Index widest = 1;
+    for (const auto& m : mods_) widest = std::max(widest, m.features);
+    const std::size_t values = static_cast<std::size_t>(batch) * static_cast<std::size_t>(std::max(in, widest));
+    limits_.max_activations = static_cast<std::uint32_t>(std::max<std::size_t>(values, 1));
+    limits_.max_frame_payload = static_cast<std::uint32_t>(std::max<std::size_t>(values * sizeof(float) + 64 * 1024, 256 * 1024));
+    FLEETDL_TRY(open_store());
+    pool_.emplace(std::max(1, o_.threads));
+    return listen();
+  }
+
+  /// Wait until the connected devices can hold the modules (one module per
+  /// device), then place them.
+  Result<void> gather() {
+    const auto until = after(Clock::now(), o_.fleet.wait_seconds);
+    std::vector<partition::ModuleDemand> demands;
+    for (const auto& m : mods_) demands.push_back(m.demand);
+    log("waiting up to " + num(o_.fleet.wait_seconds) + " s for " + std::to_string(mods_.size()) + " devices");
+    for (;;) {
+      std::vector<std::int64_t> ids;
+      std::vector<partition::DeviceCapacity> caps;
+      for (const auto d : server_->connected()) {
+        auto h = server_->hello_of(d);
+        if (!h || !(h->features & wire::feature::float_inference)) continue;
+        ids.push_back(d);
+        caps.push_back({h->agent_name, static_cast<double>(std::max<std::uint64_t>(h->memory_budget_bytes, 1)),
+                        h->mac_per_s > 0 ? h->mac_per_s : 1e9, h->link_bytes_per_s > 0 ? h->link_bytes_per_s : 1.25e6});
+      }
+      Result<partition::Placement> p = make_error(Errc::not_found, "no device connected");
+      if (ids.size() >= mods_.size()) p = partition::place_modules(demands, caps);
+      if (p) {
+        for (std::size_t i = 0; i < mods_.size(); ++i) {
+          mods_[i].device = ids[static_cast<std::size_t>(p->device[i])];
+          mods_[i].cost.device = mods_[i].device;
+          mods_[i].cost.name = caps[static_cast<std::size_t>(p->device[i])].name;
+          mods_[i].cost.module = mods_[i].name;
+          mods_[i].cost.features = static_cast<long>(mods_[i].features);
+          mods_[i].cost.budget_bytes = budget(mods_[i].device);
+          mods_[i].cost.module_bytes = static_cast<std::int64_t>(mods_[i].bytes.size());
+          predicted_ms_.push_back(1000.0 * p->module_seconds[i]);
+        }
+        return success();
+      }
+      if (Clock::now() >= until) {
+        if (ids.size() >= mods_.size()) return make_error(p.error().code, p.error().message);
+        return make_error(Errc::not_found, "only " + std::to_string(ids.size()) + " of " + std::to_string(mods_.size()) +
+                                               " devices connected within " + num(o_.fleet.wait_seconds) +
+                                               " s (--wait); each module needs its own device");
+      }
+      (void)server_->next(std::min(until, Clock::now() + std::chrono::milliseconds(200)));
+    }
+  }
+
+  Result<void> record_assignments() {
+    const auto now = unix_ms_now();
+    for (std::size_t i = 0; i < mods_.size(); ++i) {
+      Assignment a;
+      a.run = run_;
+      a.device = mods_[i].device;
+      a.module_name = nonn_ ? mods_[i].name : mods_[i].name + "/replica-" + std::to_string(i);
+      a.module_kind = nonn_ ? ModuleKind::student : ModuleKind::whole;
+      a.module_bytes = static_cast<std::int64_t>(mods_[i].bytes.size());
+      a.peak_memory_bytes = static_cast<std::int64_t>(mods_[i].demand.memory_bytes);
+      a.predicted_latency_ms = predicted_ms_[i];
+      a.assigned_at = now;
+      auto id = store_->add_assignment(a);
+      if (!id) return std::move(id).error();
+    }
+    return success();
+  }
+
+  Result<void> assign() {
+    std::map<std::int64_t, std::size_t> waiting;  // device -> module
+    for (std::size_t i = 0; i < mods_.size(); ++i) {
+      const std::uint64_t id = (static_cast<std::uint64_t>(run_) << 16) | i;
+      auto sent = send_module(mods_[i].device, id, wire::ModuleKind::fdl_model, mods_[i].bytes);
+      if (!sent) return make_error(sent.error().code, "assigning " + mods_[i].name + ": " + sent.error().message);
+      mods_[i].cost.bytes_down += static_cast<std::int64_t>(*sent);
+      waiting[mods_[i].device] = i;
+    }
+    const auto until = after(Clock::now(), o_.fleet.wait_seconds);
+    while (!waiting.empty()) {
+      auto ev = server_->next(until);
+      if (!ev) break;
+      auto w = waiting.find(ev->device);
+      if (w == waiting.end()) continue;
+      if (ev->kind == Inbound::Kind::closed)
+        return make_error(Errc::io_error, "device " + name(ev->device) + " disconnected while receiving " +
+                                              mods_[w->second].name + " (" + ev->reason + ")");
+      if (ev->kind != Inbound::Kind::message || !std::holds_alternative<wire::AssignResult>(ev->message)) continue;
+      const auto& r = std::get<wire::AssignResult>(ev->message);
+      auto& m = mods_[w->second];
+      if (r.module_id != ((static_cast<std::uint64_t>(run_) << 16) | w->second)) continue;
+      m.cost.bytes_up += static_cast<std::int64_t>(ev->frame_bytes);
+      if (!r.accepted)
+        return make_error(Errc::limit_exceeded, "device " + name(ev->device) + " refused " + m.name + ": " + r.reason_text);
+      m.cost.peak_memory_bytes = static_cast<std::int64_t>(r.peak_memory_bytes);
+      waiting.erase(w);
+    }
+    if (!waiting.empty())
+      return make_error(Errc::not_found, "device " + name(waiting.begin()->first) + " did not acknowledge " +
+                                             mods_[waiting.begin()->second].name + " within " +
+                                             num(o_.fleet.wait_seconds) + " s");
+    log(std::to_string(mods_.size()) + " modules accepted");
+    return success();
+  }
+
+  /// Send images [first, first + n) to module i.
+  Result<void> request(std::size_t i, Index first, Index n, std::uint64_t request_id) {
+    wire::InferRequest q;
+    q.request_id = request_id;
+    const Index in = test_.images.rows();
+    q.dims = {static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(in)};
+    q.values.assign(test_.images.col(first).data(), test_.images.col(first).data() + in * n);
+    auto sent = server_->send(mods_[i].device, q, wire::Binding{0, static_cast<std::uint64_t>(run_), 1, 0});
+    if (!sent) return make_error(sent.error().code, "sending a batch to " + name(mods_[i].device) + ": " + sent.error().message);
+    mods_[i].cost.bytes_down += static_cast<std::int64_t>(*sent);
+    mods_[i].cost.request_bytes_down += static_cast<std::int64_t>(*sent);
+    return success();
+  }
+
+  /// Wait for module i's answer to request_id, n images; store its values.
+  /// Returns the module that answered.
+  Result<std::size_t> receive(const std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>>& outstanding,
+                              Clock::time_point until) {
+    for (;;) {
+      auto ev = server_->next(until);
+      if (!ev) return make_error(Errc::io_error, "no answer within " + num(o_.request_timeout_seconds) +
+                                                    " s (--timeout) from " + name(outstanding.begin()->first));
+      auto it = outstanding.find(ev->device);
+      if (it == outstanding.end()) continue;
+      const auto [i, id] = it->second;
+      auto& m = mods_[i];
+      if (ev->kind == Inbound::Kind::closed)
+        return make_error(Errc::io_error, "device " + name(ev->device) + " (" + m.name + ") disconnected during inference (" +
+                                              ev->reason + ")");
+      if (ev->kind != Inbound::Kind::message) continue;
+      if (const auto* e = std::get_if<wire::ErrorNotice>(&ev->message))
+        return make_error(Errc::io_error, "device " + name(ev->device) + " (" + m.name + ") failed: " + e->message);
+      const auto* r = std::get_if<wire::InferResponse>(&ev->message);
+      if (!r || r->request_id != id) continue;
+      m.cost.bytes_up += static_cast<std::int64_t>(ev->frame_bytes);
+      const Index first = static_cast<Index>(id & 0xFFFFFFFFu);
+      const Index n = std::min<Index>(static_cast<Index>(o_.batch), test_.size() - first);
+      if (r->dims.size() != 2 || r->dims[0] != static_cast<std::uint32_t>(n) ||
+          r->dims[1] != static_cast<std::uint32_t>(m.features) ||
+          r->values.size() != static_cast<std::size_t>(n * m.features))
+        return make_error(Errc::shape_mismatch, "device " + name(ev->device) + " (" + m.name + ") answered " +
+                                                    std::to_string(r->values.size()) + " values for " +
+                                                    std::to_string(n) + " images of " + std::to_string(m.features));
+      m.cost.compute_ms += r->compute_ms;
+      m.cost.images += static_cast<long>(n);
+      // value j * features + f is feature f of image first + j
+      for (Index j = 0; j < n; ++j)
+        for (Index f = 0; f < m.features; ++f)
+          out_(m.row + f, first + j) = r->values[static_cast<std::size_t>(j * m.features + f)];
+      return i;
+    }
+  }
+
+  /// Every batch to every student; the next batch once all have answered.
+  Result<void> infer_nonn() {
+    out_.setZero(combiner_.input_shape().size(), test_.size());
+    const Index n_all = test_.size();
+    for (Index first = 0; first < n_all; first += o_.batch) {
+      const Index n = std::min<Index>(o_.batch, n_all - first);
+      std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>> outstanding;
+      const std::uint64_t id = static_cast<std::uint64_t>(first);
+      for (std::size_t i = 0; i < mods_.size(); ++i) {
+        FLEETDL_TRY(request(i, first, n, id));
+        outstanding[mods_[i].device] = {i, id};
+      }
+      const auto until = after(Clock::now(), o_.request_timeout_seconds);
+      while (!outstanding.empty()) {
+        auto i = receive(outstanding, until);
+        if (!i) return std::move(i).error();
+        outstanding.erase(mods_[*i].device);
+      }
+      progress(first + n);
+    }
+    return success();
+  }
+
+  /// Batches shared out: each device one at a time, the next as it answers.
+  Result<void> infer_replicas() {
+    out_.setZero(classes_, test_.size());
+    const Index n_all = test_.size();
+    Index next = 0, done = 0;
+    std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>> outstanding;
+    auto feed = [&](std::size_t i) -> Result<void> {
+      if (next >= n_all) return success();
+      const Index n = std::min<Index>(o_.batch, n_all - next);
+      FLEETDL_TRY(request(i, next, n, static_cast<std::uint64_t>(next)));
+      outstanding[mods_[i].device] = {i, static_cast<std::uint64_t>(next)};
+      next += n;
+      return success();
+    };
+    for (std::size_t i = 0; i < mods_.size(); ++i) FLEETDL_TRY(feed(i));
+    while (!outstanding.empty()) {
+      auto i = receive(outstanding, after(Clock::now(), o_.request_timeout_seconds));
+      if (!i) return std::move(i).error();
+      const auto first = static_cast<Index>(outstanding[mods_[*i].device].second);
+      done += std::min<Index>(o_.batch, n_all - first);
+      outstanding.erase(mods_[*i].device);
+      FLEETDL_TRY(feed(*i));
+      progress(done);
+    }
+    return success();
+  }
+
+  void progress(Index done) {
+    const Index n = test_.size();
+    const Index step = std::max<Index>(n / 4, 1);
+    if (done == n || done / step != last_progress_ / step) log("inference: " + std::to_string(done) + "/" + std::to_string(n) + " images");
+    last_progress_ = done;
+  }
+
+  /// The model run here on a whole image set, batch by batch.
+  Matrix<float> forward_local(nn::Model<float>& m, const Matrix<float>& x) {
+    Matrix<float> y(m.output_shape().size(), x.cols());
+    nn::ExecContext<float> ctx;
+    ctx.pool = pool_ ? &*pool_ : nullptr;
+    for (Index first = 0; first < x.cols(); first += o_.batch) {
+      const Index n = std::min<Index>(o_.batch, x.cols() - first);
+      const Matrix<float> xb = x.middleCols(first, n);
+      y.middleCols(first, n) = m.forward(xb, ctx);
+    }
+    return y;
+  }
+
+  Result<void> combine_and_record(Clock::time_point t0) {
+    const Matrix<float> logits = nonn_ ? forward_local(combiner_, out_) : out_;
+    Index correct = 0;
+    for (Index j = 0; j < test_.size(); ++j) {
+      Index arg = 0;
+      logits.col(j).maxCoeff(&arg);
+      correct += arg == static_cast<Index>(test_.labels[static_cast<std::size_t>(j)]) ? 1 : 0;
+    }
+    result_.images = static_cast<long>(test_.size());
+    result_.accuracy = static_cast<double>(correct) / static_cast<double>(test_.size());
+    result_.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (reference_) {
+      const Matrix<float> u = forward_local(*reference_, test_.images);
+      result_.matches_local = u.rows() == logits.rows() && (u.array() == logits.array()).all();
+    }
+    RoundRecord rec;
+    rec.run = run_;
+    rec.round = 1;
+    rec.started_at = unix_ms_now() - static_cast<UnixMs>(result_.wall_seconds * 1000.0);
+    rec.finished_at = unix_ms_now();
+    rec.selected = static_cast<std::int64_t>(mods_.size());
+    rec.completed = rec.selected;
+    rec.test_accuracy = result_.accuracy;
+    rec.round_seconds = result_.wall_seconds;
+    std::vector<DeviceCost> costs;
+    for (const auto& m : mods_) {
+      DeviceCost c;
+      c.device = m.device;
+      c.bytes_up = m.cost.bytes_up;
+      c.bytes_down = m.cost.bytes_down;
+      c.compute_ms = m.cost.compute_ms;
+      c.peak_memory_bytes = m.cost.peak_memory_bytes;
+      c.budget_bytes = m.cost.budget_bytes;
+      c.examples = m.cost.images;
+      c.status = CostStatus::ok;
+      rec.bytes_up += c.bytes_up;
+      rec.bytes_down += c.bytes_down;
+      costs.push_back(c);
+      result_.devices.push_back(m.cost);
+    }
+    FLEETDL_TRY(store_->commit_round(rec, costs, Checkpoint{}));
+    log("inference: accuracy " + num(result_.accuracy) + " on " + std::to_string(test_.size()) + " images in " +
+        num(result_.wall_seconds) + " s" +
+        (result_.matches_local ? (*result_.matches_local ? "; equal to the local run" : "; DIFFERS from the local run") : ""));
+    return success();
+  }
+
+  FleetInferOptions o_;
+  bool nonn_ = false;
+  std::vector<Module> mods_;
+  nn::Model<float> combiner_;
+  std::optional<nn::Model<float>> reference_;
+  Index classes_ = 0;
+  data::Dataset<float> test_;
+  Matrix<float> out_;
+  std::optional<ThreadPool> pool_;
+  std::vector<double> predicted_ms_;
+  Index last_progress_ = 0;
+  FleetInferResult result_;
 };
 
 }  // namespace
@@ -821,6 +1252,11 @@ Result<std::int64_t> fleet_resume(std::int64_t run, const FleetRunOptions& o) {
   if (!cfg) return std::move(cfg).error();
   Engine e(*cfg, o);
   return e.resume(run);
+}
+
+Result<FleetInferResult> fleet_infer(const FleetInferOptions& o, const std::string& config_json) {
+  InferEngine e(o);
+  return e.start(config_json);
 }
 
 }  // namespace fleetdl::core

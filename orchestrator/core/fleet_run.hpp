@@ -26,7 +26,9 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace fleetdl::core {
 
@@ -70,5 +72,60 @@ Result<std::int64_t> fleet_run(const FleetConfig& config, const std::string& con
 /// Continue run `run` from its newest committed round, with the config it was
 /// started with.
 Result<std::int64_t> fleet_resume(std::int64_t run, const FleetRunOptions& o);
+
+// ---------------------------------------------------------------- inference
+/// `fleetdl fleet infer`: distributed inference over a real fleet.
+///   * A NoNN module directory (`partition nonn`, partition/modules.hpp): each
+///     student goes to its own device (placed within the budgets, balancing
+///     predicted time); every batch of test images goes to every student, each
+///     answers with only its features, and the orchestrator concatenates them
+///     and applies the combiner.
+///   * One .fdl model: the same model on `replicas` devices; the batches are
+///     shared out, one outstanding batch per device.
+/// Recorded as a run of kind `infer` with one round: one cost row per device
+/// (module and request frames down, response frames up, compute, peak memory
+/// against budget), its assignments and events.
+struct FleetInferOptions {
+  std::string db_path;
+  std::filesystem::path ca_dir;
+  std::string modules;            ///< a NoNN module directory or one .fdl model
+  std::string data_dir;           ///< Fashion-MNIST; empty = the default directory
+  long test_limit = -1;           ///< first N test images; -1 = all
+  long batch = 32;                ///< images per request (a batch's activations count against the budget)
+  long replicas = 1;              ///< one .fdl model: devices sharing the batches
+  int threads = 1;                ///< for the local combiner and reference pass
+  double request_timeout_seconds = 120;  ///< per batch
+  FleetSection fleet;             ///< listeners, discovery, wait_seconds
+  std::function<void(const std::string&)> log;
+};
+
+struct FleetInferDevice {
+  std::int64_t device = 0;
+  std::string name;
+  std::string module;             ///< student file name or the model's
+  long features = 0;              ///< values it sends per image
+  std::int64_t module_bytes = 0;
+  std::int64_t bytes_down = 0;    ///< module + request frames
+  std::int64_t bytes_up = 0;      ///< response frames
+  std::int64_t request_bytes_down = 0;  ///< request frames only
+  double compute_ms = 0;          ///< as the device reported
+  std::int64_t peak_memory_bytes = 0;   ///< as the device's assign_result reported
+  std::int64_t budget_bytes = 0;
+  long images = 0;                ///< images it processed
+};
+
+struct FleetInferResult {
+  std::int64_t run = 0;
+  long images = 0;
+  double accuracy = 0;
+  /// Whether the fleet's logits equal, bit for bit, the same modules run in
+  /// this process (the unified student for a NoNN set; the model itself).
+  std::optional<bool> matches_local;
+  double wall_seconds = 0;
+  std::vector<FleetInferDevice> devices;
+};
+
+/// `config_json` is what the run row records (the CLI's options as JSON).
+Result<FleetInferResult> fleet_infer(const FleetInferOptions& o, const std::string& config_json);
 
 }  // namespace fleetdl::core

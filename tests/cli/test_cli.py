@@ -1640,6 +1640,84 @@ class NonnCli(CliTestCase):
         self.assertAlmostEqual(out["latency"]["comm_seconds"], comm, places=6)
         self.assertAlmostEqual(out["latency_seconds"], slowest + comm + devices[3]["compute_seconds"], places=6)
 
+    def test_fleet_infer_on_agents(self):
+        """fleet infer over real agents (fleet up, found by discovery): each
+        student goes to its own device, the combiner runs here, and the result
+        equals `infer`'s (processes) and the unified student's bit for bit;
+        one model on 2 replicas likewise; the database records an infer run
+        with the same costs; a damaged module set fails with one line and
+        records no run."""
+        m = self.manifest()
+        db = self.path("fleet.db")
+        eport, fport = free_ports(2)
+        dport = free_udp_port()
+        p = run(["fleet", "up", "--devices", "4", "--db", db, "--discovery-port", str(dport)])
+        self.assertEqual(p.returncode, 0, describe(["fleet", "up"], p))
+        try:
+            common = ["--db", db, "--discovery-port", str(dport), "--enroll-port", str(eport), "--fleet-port", str(fport),
+                      "--test-limit", "200", "--json"]
+            out = self.check_json(["fleet", "infer", "--modules", self.mods] + common)
+            local = self.check_json(["infer", "--modules", self.mods, "--test-limit", "200", "--json"])
+            self.assertIs(out["matches_local"], True)
+            self.assertEqual(out["images"], 200)
+            self.assertEqual(out["test_accuracy"], local["test_accuracy"])
+            self.assertEqual(out["test_accuracy"], m["test_accuracy"])
+            devs = out["devices"]
+            self.assertEqual([d["module"] for d in devs], ["student0.fdl", "student1.fdl", "student2.fdl"])
+            self.assertEqual(len({d["device"] for d in devs}), 3, "one student per device")
+            for d, s in zip(devs, m["students"]):
+                self.assertEqual(d["features"], s["features"])
+                self.assertEqual(d["images"], 200)
+                self.assertEqual(d["feature_bytes_per_image"], 4 * s["features"])
+                self.assertLessEqual(d["feature_bytes_per_image"], 1024)
+                # responses carry the features plus framing: 7 frames of 32 images
+                self.assertGreater(d["bytes_up"], 200 * 4 * s["features"])
+                self.assertLess(d["bytes_up"], 200 * 4 * s["features"] + 8 * 200)
+                self.assertGreater(d["bytes_down"], d["module_bytes"] + d["request_bytes_down"] - 1)
+                self.assertLessEqual(d["peak_memory_bytes"], d["budget_bytes"])
+            con = sqlite3.connect(db)
+            try:
+                self.assertEqual(con.execute("SELECT kind, status FROM runs WHERE id = ?", (out["run"],)).fetchone(),
+                                 ("infer", "finished"))
+                self.assertEqual(con.execute("SELECT selected, completed, test_accuracy FROM rounds WHERE run = ?",
+                                             (out["run"],)).fetchall(), [(3, 3, out["test_accuracy"])])
+                rows = con.execute("SELECT device, bytes_up, bytes_down, examples, status FROM device_round_costs "
+                                   "WHERE run = ? ORDER BY device", (out["run"],)).fetchall()
+                self.assertEqual(rows, sorted((d["device"], d["bytes_up"], d["bytes_down"], 200, "ok") for d in devs))
+                kinds = con.execute("SELECT module_kind, module_name FROM assignments WHERE run = ? ORDER BY module_name",
+                                    (out["run"],)).fetchall()
+                self.assertEqual(kinds, [("student", "student%d.fdl" % i) for i in range(3)])
+            finally:
+                con.close()
+
+            # one model on two devices, the batches shared out
+            unified = os.path.join(self.mods, "unified.fdl")
+            rep = self.check_json(["fleet", "infer", "--modules", unified, "--replicas", "2", "--batch", "16"] + common)
+            self.assertIs(rep["matches_local"], True)
+            self.assertEqual(rep["test_accuracy"], m["test_accuracy"])
+            self.assertEqual(len({d["device"] for d in rep["devices"]}), 2)
+            self.assertEqual(sum(d["images"] for d in rep["devices"]), 200)
+
+            # a damaged module set: one line, no run recorded
+            bad = self.path("bad-mods")
+            shutil.copytree(self.mods, bad)
+            with open(os.path.join(bad, "student0.fdl"), "r+b") as fh:
+                data = bytearray(fh.read())
+                data[len(data) // 2] ^= 0x10
+                fh.seek(0)
+                fh.write(data)
+            con = sqlite3.connect(db)
+            runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            con.close()
+            self.check_error(["fleet", "infer", "--modules", bad] + common, 1, "fleet infer", ["student0.fdl", "CRC-32"])
+            self.check_error(["fleet", "infer", "--modules", bad, "--replicas", "2"] + common, 2, "fleet infer",
+                             ["--replicas applies to one model file"])
+            con = sqlite3.connect(db)
+            self.assertEqual(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0], runs)
+            con.close()
+        finally:
+            run(["fleet", "down", "--db", db])
+
     def test_infer_defaults_to_the_whole_test_set(self):
         """Without --test-limit every test image is used (regression: the
         default once meant zero images and a vacuous match)."""
