@@ -5,6 +5,7 @@
 #include "fleet_ca.hpp"
 #include "fleet_server.hpp"
 
+#include "fleetdl/compress/quantize.hpp"
 #include "fleetdl/core/crc32.hpp"
 #include "fleetdl/core/json.hpp"
 #include "fleetdl/core/parallel.hpp"
@@ -12,6 +13,8 @@
 #include "fleetdl/fl/codec.hpp"
 #include "fleetdl/fl/selection.hpp"
 #include "fleetdl/io/fdl.hpp"
+#include "fleetdl/micro/blob.hpp"
+#include "fleetdl/micro/planner.hpp"
 #include "fleetdl/nn/train.hpp"
 #include "fleetdl/nn/zoo.hpp"
 #include "fleetdl/partition/modules.hpp"
@@ -803,8 +806,8 @@ class InferEngine : public FleetHost {
  private:
   struct Module {
     std::string name;                  ///< file name (student) or the model's
-    nn::Model<float> model;
-    std::vector<std::uint8_t> bytes;   ///< the .fdl file as sent
+    nn::Model<float> model;            ///< empty for a micro blob
+    std::vector<std::uint8_t> bytes;   ///< the .fdl file or micro blob as sent
     Index features = 0;                ///< outputs per image
     Index row = 0;                     ///< NoNN: first row of its features in the combiner's input
     partition::ModuleDemand demand;
@@ -833,6 +836,10 @@ class InferEngine : public FleetHost {
       combiner_ = std::move(set->combiner);
       reference_ = std::move(set->unified);
       classes_ = set->classes;
+    } else if (auto blob = read_micro_blob(o_.modules); blob.ok() && !blob->empty()) {
+      FLEETDL_TRY(prepare_micro(std::move(*blob)));
+    } else if (!blob) {
+      return std::move(blob).error();
     } else {
       auto f = io::load_model<float>(o_.modules);
       if (!f) return std::move(f).error();
@@ -851,13 +858,15 @@ class InferEngine : public FleetHost {
     if (!test) return std::move(test).error();
     test_ = std::move(*test);
     if (test_.size() < 1) return make_error(Errc::invalid_argument, dir + ": no test images");
-    const Index in = mods_[0].model.input_shape().size();
+    const Shape in_shape = micro_ ? micro_->model().input_shape : mods_[0].model.input_shape();
+    const Index in = in_shape.size();
     if (test_.images.rows() != in)
-      return make_error(Errc::shape_mismatch, o_.modules + ": the modules take " + mods_[0].model.input_shape().str() +
+      return make_error(Errc::shape_mismatch, o_.modules + ": the modules take " + in_shape.str() +
                                                   " inputs, the dataset has " + std::to_string(test_.images.rows()) +
                                                   " values per image");
     const Index batch = std::min<Index>(o_.batch, test_.size());
     for (auto& m : mods_) {
+      if (micro_) continue;  // bytes and demand set by prepare_micro
       m.bytes = io::encode_model(m.model);
       m.demand = partition::inference_demand<float>(m.name, m.model);
       double peak = 0;
@@ -877,6 +886,63 @@ class InferEngine : public FleetHost {
     return listen();
   }
 
+  /// The file's bytes when it is an int8 micro blob (micro::plan_arena_bytes,
+  /// which verifies it, accepts it); empty when it is not one (a .fdl model,
+  /// say); an error when it cannot be read.
+  static Result<std::vector<std::uint8_t>> read_micro_blob(const std::string& path) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (ec) return make_error(Errc::io_error, path + ": " + ec.message());
+    if (size > wire::Limits{}.max_module_bytes)
+      return make_error(Errc::limit_exceeded, path + ": " + std::to_string(size) + " bytes, more than a module may have (" +
+                                                  std::to_string(wire::Limits{}.max_module_bytes) + ")");
+    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return make_error(Errc::io_error, path + ": cannot open: " + std::strerror(errno));
+    const std::size_t got = bytes.empty() ? 0 : std::fread(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+    if (got != bytes.size()) return make_error(Errc::io_error, path + ": short read");
+    if (!micro::plan_arena_bytes(bytes.data(), bytes.size())) return std::vector<std::uint8_t>{};
+    return bytes;
+  }
+
+  /// An int8 micro blob on `replicas` devices: its float shapes and
+  /// quantization read from the blob as the agent reads them; the local
+  /// reference is compress::QuantizedRunner over the same bytes.
+  Result<void> prepare_micro(std::vector<std::uint8_t> blob) {
+    const micro::PlanResult plan = micro::plan_arena_bytes(blob.data(), blob.size());
+    const micro::ModelView v(blob.data(), blob.size());
+    if (v.input_count() != 1 || v.output_count() != 1)
+      return make_error(Errc::unsupported, o_.modules + ": a micro blob with one input and one output is needed (it has " +
+                                               std::to_string(v.input_count()) + " and " + std::to_string(v.output_count()) + ")");
+    const micro::TensorDesc ti = v.tensor(v.input_id(0)), to = v.tensor(v.output_id(0));
+    compress::QuantizedModel qm;
+    qm.blob = blob;
+    qm.input_shape = Shape{ti.shape.c, ti.shape.h, ti.shape.w};
+    qm.output_shape = Shape{to.shape.c, to.shape.h, to.shape.w};
+    qm.output_layout = qm.output_shape;
+    qm.input = compress::QuantParams{ti.scale, ti.zero_point};
+    qm.output = compress::QuantParams{to.scale, to.zero_point};
+    qm.arena_bytes = plan.plan.total;
+    auto runner = compress::QuantizedRunner::create(qm);
+    if (!runner) return std::move(runner).error();
+    micro_.emplace(std::move(*runner));
+    classes_ = qm.output_shape.size();
+    for (long i = 0; i < o_.replicas; ++i) {
+      Module m;
+      m.name = std::filesystem::path(o_.modules).filename().string();
+      m.bytes = blob;
+      m.features = classes_;
+      m.demand.name = m.name;
+      m.demand.memory_bytes = static_cast<double>(blob.size()) + static_cast<double>(plan.plan.total);  // the agent's rule
+      m.demand.macs = 1.0;  // not known from the blob; placement then balances by count
+      m.demand.bytes_in = static_cast<double>(qm.input_shape.size()) * sizeof(float);
+      m.demand.bytes_out = static_cast<double>(classes_) * sizeof(float);
+      mods_.push_back(std::move(m));
+    }
+    return success();
+  }
+
   /// Wait until the connected devices can hold the modules (one module per
   /// device), then place them.
   Result<void> gather() {
@@ -889,7 +955,7 @@ class InferEngine : public FleetHost {
       std::vector<partition::DeviceCapacity> caps;
       for (const auto d : server_->connected()) {
         auto h = server_->hello_of(d);
-        if (!h || !(h->features & wire::feature::float_inference)) continue;
+        if (!h || !(h->features & (micro_ ? wire::feature::micro_inference : wire::feature::float_inference))) continue;
         ids.push_back(d);
         caps.push_back({h->agent_name, static_cast<double>(std::max<std::uint64_t>(h->memory_budget_bytes, 1)),
                         h->mac_per_s > 0 ? h->mac_per_s : 1e9, h->link_bytes_per_s > 0 ? h->link_bytes_per_s : 1.25e6});
@@ -941,7 +1007,8 @@ class InferEngine : public FleetHost {
     std::map<std::int64_t, std::size_t> waiting;  // device -> module
     for (std::size_t i = 0; i < mods_.size(); ++i) {
       const std::uint64_t id = (static_cast<std::uint64_t>(run_) << 16) | i;
-      auto sent = send_module(mods_[i].device, id, wire::ModuleKind::fdl_model, mods_[i].bytes);
+      auto sent = send_module(mods_[i].device, id, micro_ ? wire::ModuleKind::micro_blob : wire::ModuleKind::fdl_model,
+                              mods_[i].bytes);
       if (!sent) return make_error(sent.error().code, "assigning " + mods_[i].name + ": " + sent.error().message);
       mods_[i].cost.bytes_down += static_cast<std::int64_t>(*sent);
       waiting[mods_[i].device] = i;
@@ -1110,6 +1177,10 @@ class InferEngine : public FleetHost {
     if (reference_) {
       const Matrix<float> u = forward_local(*reference_, test_.images);
       result_.matches_local = u.rows() == logits.rows() && (u.array() == logits.array()).all();
+    } else if (micro_) {
+      auto u = micro_->run(test_.images);
+      if (!u) return std::move(u).error();
+      result_.matches_local = u->rows() == logits.rows() && (u->array() == logits.array()).all();
     }
     RoundRecord rec;
     rec.run = run_;
@@ -1148,6 +1219,7 @@ class InferEngine : public FleetHost {
   std::vector<Module> mods_;
   nn::Model<float> combiner_;
   std::optional<nn::Model<float>> reference_;
+  std::optional<compress::QuantizedRunner> micro_;  ///< an int8 micro blob, run here for the reference
   Index classes_ = 0;
   data::Dataset<float> test_;
   Matrix<float> out_;

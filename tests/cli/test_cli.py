@@ -1644,7 +1644,8 @@ class NonnCli(CliTestCase):
         """fleet infer over real agents (fleet up, found by discovery): each
         student goes to its own device, the combiner runs here, and the result
         equals `infer`'s (processes) and the unified student's bit for bit;
-        one model on 2 replicas likewise; the database records an infer run
+        one model on 2 replicas likewise, and its int8 micro blob with the
+        accuracy `compress` measured; the database records an infer run
         with the same costs; a damaged module set fails with one line and
         records no run."""
         m = self.manifest()
@@ -1697,6 +1698,19 @@ class NonnCli(CliTestCase):
             self.assertEqual(rep["test_accuracy"], m["test_accuracy"])
             self.assertEqual(len({d["device"] for d in rep["devices"]}), 2)
             self.assertEqual(sum(d["images"] for d in rep["devices"]), 200)
+
+            # an int8 micro blob of it on two devices: the accuracy `compress` measured, the blob + arena as memory
+            blob = self.path("unified.blob")
+            c = self.check_json(["compress", "--model", unified, "--quantize", "int8", "--out", blob,
+                                 "--calibration-limit", "100", "--test-limit", "200", "--json"])
+            int8 = [st for st in c["stages"] if st["stage"] == "int8"][0]
+            q = self.check_json(["fleet", "infer", "--modules", blob, "--replicas", "2", "--batch", "50"] + common)
+            self.assertIs(q["matches_local"], True)
+            self.assertEqual(q["test_accuracy"], int8["accuracy"])
+            self.assertEqual(sum(d["images"] for d in q["devices"]), 200)
+            for d in q["devices"]:
+                self.assertEqual(d["peak_memory_bytes"], int8["stored_bytes"] + int8["arena_bytes"])
+                self.assertEqual(d["module_bytes"], os.path.getsize(blob))
 
             # a damaged module set: one line, no run recorded
             bad = self.path("bad-mods")
