@@ -284,7 +284,7 @@ class Engine : public FleetHost {
     if (!rec) return std::move(rec).error();
     if (rec->status == RunStatus::finished)
       return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " is finished; nothing to resume");
-    if (!bundle_.no_checkpoint.empty())
+    if (!bundle_.no_checkpoint.empty() && !fedavgm() && !fedopt())
       return make_error(Errc::unsupported, "run " + std::to_string(run) + " cannot be resumed: " + bundle_.no_checkpoint);
     auto last = store_->last_committed_round(run);
     if (!last) return std::move(last).error();
@@ -294,11 +294,7 @@ class Engine : public FleetHost {
                                                                                std::to_string((*last)->round.round));
       if (!p) return std::move(p).error();
       model_.params() = *p;
-      if (bundle_.scaffold && !(*last)->checkpoint.state.empty()) {
-        auto c = floats_of((*last)->checkpoint.state, model_.param_count(), "SCAFFOLD state of the checkpoint");
-        if (!c) return std::move(c).error();
-        bundle_.scaffold->restore_control(std::move(*c));
-      }
+      FLEETDL_TRY(restore_server_state((*last)->checkpoint.state, (*last)->round.round));
       from = (*last)->round.round + 1;
     }
     auto next = store_->next_round(run);
@@ -684,7 +680,7 @@ class Engine : public FleetHost {
       }
       Checkpoint ck;
       ck.parameters = float_bytes(model_.params());
-      if (bundle_.scaffold) ck.state = float_bytes(bundle_.scaffold->control());
+      ck.state = server_state();
       auto ok = store_->commit_round(rec, costs, ck);
       if (!ok) return std::move(ok).error();
     } else {
@@ -735,6 +731,66 @@ class Engine : public FleetHost {
       cu.control_delta = Eigen::Map<const Vector<float>>(u.control_delta.data(), d);
     }
     return cu;
+  }
+
+  // ------------------------------------------------------------ server state
+  fl::FedAvgM<float>* fedavgm() const { return dynamic_cast<fl::FedAvgM<float>*>(bundle_.strategy.get()); }
+  fl::FedOpt<float>* fedopt() const { return dynamic_cast<fl::FedOpt<float>*>(bundle_.strategy.get()); }
+
+  /// What the strategy carries from round to round, for the checkpoint:
+  /// SCAFFOLD's c; FedAvgM's momentum; FedOpt's step count (int64 LE) then m
+  /// and v; nothing for the stateless strategies. Float32 little-endian, each
+  /// vector empty (0 bytes) before the first aggregation.
+  Blob server_state() const {
+    if (bundle_.scaffold) return float_bytes(bundle_.scaffold->control());
+    if (const auto* m = fedavgm()) return float_bytes(m->momentum());
+    if (const auto* o = fedopt()) {
+      Blob b(8);
+      const auto steps = static_cast<std::uint64_t>(o->steps());
+      for (int i = 0; i < 8; ++i) b[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(steps >> (8 * i));
+      const Blob m = float_bytes(o->first_moment()), v = float_bytes(o->second_moment());
+      b.insert(b.end(), m.begin(), m.end());
+      b.insert(b.end(), v.begin(), v.end());
+      return b;
+    }
+    return {};
+  }
+
+  /// The inverse of server_state(), checked against the model's size.
+  Result<void> restore_server_state(const Blob& b, std::int64_t round) {
+    const std::string what = "server state of the checkpoint of round " + std::to_string(round);
+    const Index d = model_.param_count();
+    if (bundle_.scaffold) {
+      if (b.empty()) return success();
+      auto c = floats_of(b, d, what);
+      if (!c) return std::move(c).error();
+      bundle_.scaffold->restore_control(std::move(*c));
+    } else if (auto* m = fedavgm()) {
+      if (b.empty()) return success();
+      auto v = floats_of(b, d, what);
+      if (!v) return std::move(v).error();
+      m->restore_momentum(std::move(*v));
+    } else if (auto* o = fedopt()) {
+      if (b.size() != 8 && b.size() != 8 + 2 * static_cast<std::size_t>(d) * sizeof(float))
+        return make_error(Errc::corrupt, what + ": " + std::to_string(b.size()) + " bytes, " + bundle_.strategy->name() +
+                                             " keeps 8 or " + std::to_string(8 + 2 * d * 4));
+      std::uint64_t steps = 0;
+      for (int i = 0; i < 8; ++i) steps |= static_cast<std::uint64_t>(b[static_cast<std::size_t>(i)]) << (8 * i);
+      Vector<float> mv, vv;
+      if (b.size() > 8) {
+        mv.resize(d);
+        vv.resize(d);
+        std::memcpy(mv.data(), b.data() + 8, static_cast<std::size_t>(d) * sizeof(float));
+        std::memcpy(vv.data(), b.data() + 8 + static_cast<std::size_t>(d) * sizeof(float), static_cast<std::size_t>(d) * sizeof(float));
+      }
+      if (steps > (1ULL << 40)) return make_error(Errc::corrupt, what + ": step count " + std::to_string(steps));
+      auto ok = o->restore(std::move(mv), std::move(vv), static_cast<long>(steps));
+      if (!ok) return make_error(Errc::corrupt, what + ": " + ok.error().message);
+    } else if (!b.empty()) {
+      return make_error(Errc::corrupt, what + ": " + std::to_string(b.size()) + " bytes, but " +
+                                           bundle_.strategy->name() + " keeps no server state");
+    }
+    return success();
   }
 
   // ------------------------------------------------------------ helpers

@@ -2602,9 +2602,25 @@ class FleetCli(CliTestCase):
         """kill -9 of `fleet run` after round 1 is committed, then `fleet
         resume`: the database passes integrity_check and the final parameters
         equal those of an uninterrupted run with the same seed and devices."""
+        self.kill_then_resume({"name": "fedavg"})
+
+    def test_kill_then_resume_with_server_state(self):
+        """The same with strategies that carry server state from round to
+        round, checkpointed with each round: FedAdam's moments and step count,
+        FedAvgM's momentum."""
+        for strategy in ({"name": "fedadam", "eta": 0.01}, {"name": "fedavgm", "server_momentum": 0.9}):
+            with self.subTest(strategy["name"]):
+                if self.up:
+                    run(["fleet", "down", "--db", self.db])
+                    self.up = False
+                self.db = self.path("fleet-%s.db" % strategy["name"])
+                self.kill_then_resume(strategy)
+
+    def kill_then_resume(self, strategy):
         self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
         c = self.config(heartbeat_ms=300)
-        c.update({"clients": 4, "rounds": 3, "dataset": {"train_limit": 1600, "test_limit": 200}})
+        c.update({"clients": 4, "rounds": 3, "dataset": {"train_limit": 1600, "test_limit": 200},
+                  "strategy": strategy})
         cfg = self.write_config(c)
         args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
         p = run(args)

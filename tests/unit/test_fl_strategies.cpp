@@ -362,6 +362,38 @@ TEMPLATE_TEST_CASE("fedadam: two rounds", "[fl]", float, double) {
   CHECK(s.steps() == 2);
 }
 
+TEST_CASE("fedopt, fedavgm: server state restored into a fresh strategy continues bit for bit", "[fl]") {
+  // what `fleet resume` does: round 1 in one strategy, its state into a new one, round 2 there
+  fl::FedAdamOptions o;
+  o.tau = 0.01;
+  fl::FedAdam<double> a(o), b(o);
+  Vector<double> x = agg(a, vec({0, 0}), opt_round<double>(1));
+  REQUIRE(b.restore(a.first_moment(), a.second_moment(), a.steps()).ok());
+  const Vector<double> xa = agg(a, x, opt_round<double>(2), 2);
+  const Vector<double> xb = agg(b, x, opt_round<double>(2), 2);
+  CHECK((xa.array() == xb.array()).all());
+  CHECK(b.steps() == 2);
+  // not restored: m and v start again at zero, and the step differs
+  fl::FedAdam<double> fresh(o);
+  CHECK_FALSE((agg(fresh, x, opt_round<double>(2), 2).array() == xa.array()).all());
+  // inconsistent state is refused and changes nothing
+  fl::FedAdam<double> c(o);
+  CHECK_FALSE(c.restore(vec({1, 2}), vec({1}), 1).ok());
+  CHECK_FALSE(c.restore(vec({1, 2}), vec({1, 2}), 0).ok());
+  CHECK_FALSE(c.restore(Vector<double>(), Vector<double>(), 3).ok());
+  CHECK(c.steps() == 0);
+  CHECK(c.first_moment().size() == 0);
+
+  fl::FedAvgMOptions mo;
+  mo.server_learning_rate = 0.5;
+  mo.server_momentum = 0.9;
+  fl::FedAvgM<double> m1(mo), m2(mo);
+  const Vector<double> y = agg(m1, vec({1, 2, -1}), abc());
+  m2.restore_momentum(m1.momentum());
+  CHECK((agg(m1, y, abc(), 2).array() == agg(m2, y, abc(), 2).array()).all());
+  check_vec(m2.momentum(), {0.35, -0.7, -0.35});
+}
+
 TEST_CASE("fedadam: bias correction variants", "[fl]") {
   fl::FedAdamOptions o;
   o.tau = 0.01;

@@ -155,6 +155,9 @@ class FedAvgM : public FedAvg<S> {
   const Vector<S>& momentum() const { return momentum_; }
   /// Forget the momentum (e.g. after loading another model).
   void reset() { momentum_.resize(0); }
+  /// Continue from a checkpoint: the buffer momentum() returned then (empty
+  /// before the first aggregation; its size is checked at the next one).
+  void restore_momentum(Vector<S> m) { momentum_ = std::move(m); }
 
  private:
   FedAvgMOptions m_opts_;

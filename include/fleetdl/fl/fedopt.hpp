@@ -128,6 +128,19 @@ class FedOpt : public FedAvg<S> {
     v_.resize(0);
     steps_ = 0;
   }
+  /// Continue from a checkpoint: m, v and the step count as first_moment(),
+  /// second_moment() and steps() returned them (m and v of equal size, both
+  /// empty before the first round; the size is checked at the next round).
+  Result<void> restore(Vector<S> m, Vector<S> v, long steps) {
+    if (m.size() != v.size() || steps < 0 || (m.size() == 0) != (steps == 0))
+      return make_error(Errc::invalid_argument, name() + ": restore: m has " + std::to_string(m.size()) +
+                                                    " entries, v " + std::to_string(v.size()) + ", steps " +
+                                                    std::to_string(steps));
+    m_ = std::move(m);
+    v_ = std::move(v);
+    steps_ = steps;
+    return success();
+  }
 
  private:
   static FedAvgOptions with_eta_l(const FedOptOptions& o) {
