@@ -825,37 +825,40 @@ Result<std::int64_t> Store::upsert_device(const DeviceRecord& d) {
   const std::string what = "upsert device " + quoted(d.name);
   std::int64_t id = 0;
   FLEETDL_TRY(write(what, [&]() -> Result<void> {
-    return exec_sql(
-        db_, path_, what,
-        "INSERT INTO devices(name, cert_fingerprint, enrolled_at, cores, ram_bytes, storage_bytes, "
-        "macs_per_second, link_bytes_per_second, memory_budget_bytes, profile, last_seen, status) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
-        "ON CONFLICT(name) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, "
-        "cores = excluded.cores, ram_bytes = excluded.ram_bytes, "
-        "storage_bytes = excluded.storage_bytes, macs_per_second = excluded.macs_per_second, "
-        "link_bytes_per_second = excluded.link_bytes_per_second, "
-        "memory_budget_bytes = excluded.memory_budget_bytes, profile = excluded.profile, "
-        "last_seen = coalesce(excluded.last_seen, last_seen), status = excluded.status "
-        "RETURNING id",
-        [&](Stmt& st) {
-          const DeviceCapabilities& c = d.capabilities;
-          st.bind_text(1, d.name);
-          st.bind_opt_text(2, d.cert_fingerprint);
-          st.bind_int(3, d.enrolled_at);
-          st.bind_int(4, c.cores);
-          st.bind_int(5, c.ram_bytes);
-          st.bind_int(6, c.storage_bytes);
-          st.bind_real(7, c.macs_per_second);
-          st.bind_real(8, c.link_bytes_per_second);
-          st.bind_int(9, c.memory_budget_bytes);
-          st.bind_text(10, c.profile);
-          st.bind_opt_int(11, d.last_seen);
-          st.bind_text(12, to_string(d.status));
-        },
-        [&](Stmt& st) -> Result<void> {
-          id = st.int_at(0);
-          return success();
-        });
+    auto bind = [&](Stmt& st) {
+      const DeviceCapabilities& c = d.capabilities;
+      st.bind_text(1, d.name);
+      st.bind_opt_text(2, d.cert_fingerprint);
+      st.bind_int(3, d.enrolled_at);
+      st.bind_int(4, c.cores);
+      st.bind_int(5, c.ram_bytes);
+      st.bind_int(6, c.storage_bytes);
+      st.bind_real(7, c.macs_per_second);
+      st.bind_real(8, c.link_bytes_per_second);
+      st.bind_int(9, c.memory_budget_bytes);
+      st.bind_text(10, c.profile);
+      st.bind_opt_int(11, d.last_seen);
+      st.bind_text(12, to_string(d.status));
+    };
+    auto take_id = [&](Stmt& st) -> Result<void> {
+      id = st.int_at(0);
+      return success();
+    };
+    // UPDATE first: an INSERT ... ON CONFLICT DO UPDATE of a known name still
+    // advances the AUTOINCREMENT counter (sqlite_sequence), so every hello
+    // burned a device id
+    FLEETDL_TRY(exec_sql(db_, path_, what,
+                         "UPDATE devices SET cert_fingerprint = ?2, cores = ?4, ram_bytes = ?5, storage_bytes = ?6, "
+                         "macs_per_second = ?7, link_bytes_per_second = ?8, memory_budget_bytes = ?9, "
+                         "profile = ?10, last_seen = coalesce(?11, last_seen), status = ?12 "
+                         "WHERE name = ?1 AND ?3 = ?3 RETURNING id",
+                         bind, take_id));
+    if (id != 0) return success();
+    return exec_sql(db_, path_, what,
+                    "INSERT INTO devices(name, cert_fingerprint, enrolled_at, cores, ram_bytes, storage_bytes, "
+                    "macs_per_second, link_bytes_per_second, memory_budget_bytes, profile, last_seen, status) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                    bind, take_id);
   }));
   return id;
 }

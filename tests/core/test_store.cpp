@@ -758,6 +758,13 @@ TEST_CASE("[store] devices: upsert by name, status, last seen, lookups", "[store
   auto all = s.devices();
   require_ok(all);
   CHECK(all->size() == 2);
+
+  // updates (every hello) use up no id, nor do refused inserts (rolled
+  // back): the next new device takes the next one
+  for (int i = 0; i < 3; ++i) require_ok(s.upsert_device(changed));
+  auto e = s.upsert_device(sample_device("epsilon"));
+  require_ok(e);
+  CHECK(*e == *b + 1);
 }
 
 TEST_CASE("[store] runs: create, read, status", "[store]") {
