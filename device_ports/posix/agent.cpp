@@ -6,6 +6,7 @@
 #include "fleetdl/core/parallel.hpp"
 #include "fleetdl/core/rng.hpp"
 #include "fleetdl/fl/client.hpp"
+#include "fleetdl/fl/dp.hpp"
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/partition/placement.hpp"
 #include "fleetdl/micro/interpreter.hpp"
@@ -737,8 +738,15 @@ Result<wire::Update> Worker::train(const wire::TrainRound& t, std::uint64_t byte
   const auto ev = nn::evaluate(m, local.images, local.labels, 1000, pool);
   const auto took = Clock::now() - t0;
   throttle(slowdown_, took);
-  const fl::ClientUpdate<float>& u = trained->update;
+  fl::ClientUpdate<float>& u = trained->update;
 
+  // local DP (clip to dp_clip, Gaussian noise), then the codec on the delta
+  if (c.dp_clip > 0.0f) {
+    Rng dr = Rng(c.seed).fork(0xD9);
+    auto dp = fl::privatize_update_local(u.params, global, static_cast<double>(c.dp_clip),
+                                         static_cast<double>(c.dp_noise_multiplier) * static_cast<double>(c.dp_clip), dr);
+    if (!dp) return std::move(dp).error();
+  }
   Vector<float> delta = u.params - global;
   wire::Update up;
   up.codec = c.codec;
@@ -762,8 +770,9 @@ Result<wire::Update> Worker::train(const wire::TrainRound& t, std::uint64_t byte
     case wire::CodecId::quant8: bytes = fl::encode_quantized(delta, 8, qr); break;
     case wire::CodecId::topk_pairs:
     case wire::CodecId::topk_bitmap: {
-      // k as the simulator's default topk_fraction (1%), with error feedback
-      const Index k = std::max<Index>(1, static_cast<Index>(std::llround(0.01 * static_cast<double>(d))));
+      // k = max(1, round(topk_fraction x d)), as the simulator; with error feedback
+      const Index k =
+          std::max<Index>(1, static_cast<Index>(std::llround(static_cast<double>(c.topk_fraction) * static_cast<double>(d))));
       if (fb.residual().size() != d) fb = fl::ErrorFeedback<float>(d);
       bytes = fl::encode_topk(delta, k, &fb);
       break;

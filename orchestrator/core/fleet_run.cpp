@@ -11,6 +11,7 @@
 #include "fleetdl/core/parallel.hpp"
 #include "fleetdl/data/dataset.hpp"
 #include "fleetdl/fl/codec.hpp"
+#include "fleetdl/fl/dp.hpp"
 #include "fleetdl/fl/selection.hpp"
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/micro/blob.hpp"
@@ -572,6 +573,11 @@ class Engine : public FleetHost {
       c.shard_count = static_cast<std::uint32_t>(shard_device_.size());
       c.partition_seed = cfg_.fl.seed;
       c.train_limit = cfg_.fl.train_limit > 0 ? static_cast<std::uint32_t>(cfg_.fl.train_limit) : 0;
+      c.topk_fraction = static_cast<float>(cfg_.fl.sim.topk_fraction);
+      if (cfg_.fl.sim.local_dp.enabled) {
+        c.dp_clip = static_cast<float>(cfg_.fl.sim.local_dp.clipping_norm);
+        c.dp_noise_multiplier = static_cast<float>(cfg_.fl.sim.local_dp.noise_multiplier);
+      }
       tr.parameters.assign(global.data(), global.data() + global.size());
       if (c.scaffold()) tr.server_control.assign(server_c.data(), server_c.data() + server_c.size());
       auto sent = server_->send(s.device, tr, wire::Binding{0, static_cast<std::uint64_t>(run_), static_cast<std::uint32_t>(r), 0});
@@ -698,8 +704,35 @@ class Engine : public FleetHost {
         std::to_string(slots.size()) + " updates" +
         (rec.test_accuracy ? ", accuracy " + num(*rec.test_accuracy) : std::string()) + ", up " +
         std::to_string(rec.bytes_up) + " B, down " + std::to_string(rec.bytes_down) + " B, " + num(rec.round_seconds) + " s");
+    if (cfg_.fl.sim.local_dp.enabled) FLEETDL_TRY(account_local_dp(r));
     if (o_.on_round) o_.on_round(rec);
     if (o_.after_commit) o_.after_commit(r);
+    return success();
+  }
+
+  /// Local DP: the privacy spent so far, as `fl simulate` reports it: RDP of
+  /// the Gaussian mechanism (z = noise_multiplier, sampling rate 1) composed
+  /// over the most releases any device has made (its cost rows that carried
+  /// an update), as epsilon at dp.delta; logged and recorded as an event.
+  Result<void> account_local_dp(std::int64_t r) {
+    auto costs = store_->device_costs(run_);
+    if (!costs) return std::move(costs).error();
+    std::map<std::int64_t, long> released;
+    for (const auto& c : *costs)
+      if (c.cost.bytes_up > 0 && c.cost.status != CostStatus::dropped) ++released[c.cost.device];
+    long most = 0;
+    for (const auto& [d, n] : released) most = std::max(most, n);
+    double eps = 0.0;
+    fl::RdpAccountant acc;
+    if (most > 0 && acc.step(1.0, cfg_.fl.sim.local_dp.noise_multiplier, most)) {
+      auto e = acc.epsilon(cfg_.fl.sim.dp_delta);
+      if (!e) return make_error(e.error().code, "local DP accounting: " + e.error().message);
+      eps = e->epsilon;
+    }
+    const std::string line = "round " + std::to_string(r) + ": local DP epsilon " + num(eps) + " at delta " +
+                             num(cfg_.fl.sim.dp_delta) + " (" + std::to_string(most) + " releases by one device)";
+    log(line);
+    event("privacy", line);
     return success();
   }
 
@@ -1307,14 +1340,11 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
   const auto& s = c.fl.strategy.name;
   if (s == "heterofl") return unsupported("strategy.name", "'heterofl' (sub-models per device) is not supported on a fleet yet");
   if (s == "fedbuff") return unsupported("strategy.name", "'fedbuff' (asynchronous rounds) is not supported on a fleet yet");
-  if (c.fl.dp.mode == "local") return unsupported("dp.mode", "'local' DP runs on the devices and is not supported on a fleet yet");
   if (c.fl.sim.attack.kind != sim::AttackKind::none) return unsupported("attack", "attacks exist only in `fl simulate`");
   if (!c.fl.profiles.empty())
     return unsupported("profiles", "a fleet's devices report their own capabilities (give profiles to `fleet up`)");
   if (c.fl.sim.selection == sim::SelectionPolicy::oort)
     return unsupported("selection.policy", "'oort' is not supported on a fleet yet");
-  if (c.fl.sim.codec == sim::UpdateCodec::topk && c.fl.sim.topk_fraction != 0.01)
-    return unsupported("codec.topk_fraction", "the devices keep 1% of the coordinates (0.01)");
   if (c.fl.clients > 4096) return unsupported("clients", "at most 4096 devices per run");
 
   namespace cfg = sim::detail::cfg;

@@ -416,6 +416,50 @@ TEST_CASE("agent: the shard of a train_round is the simulator's partition", "[ag
   CHECK(e.error().message.find("partition.kind") != std::string::npos);
 }
 
+TEST_CASE("agent: local DP clips the delta on the device; the top-k fraction sets k", "[agent][data]") {
+  if (!have_data()) {
+    WARN("Fashion-MNIST not installed at " << kData);
+    return;
+  }
+  const auto m = small_model();
+  const auto bytes = fleetdl::io::encode_model(m);
+  const fleetdl::Index d = m.param_count();
+  auto delta_of = [&](const w::TrainRound& t) {
+    ag::Worker wk(kData, 1ULL << 30, 1, 1.0);
+    REQUIRE(wk.assign(1, w::ModuleKind::fdl_model, bytes).accepted);
+    auto up = must(wk.train(t, 0));
+    REQUIRE(up.codec == w::CodecId::raw_f32);
+    REQUIRE(up.delta.size() == static_cast<std::size_t>(d) * 4);
+    fleetdl::Vector<float> v(d);
+    std::memcpy(v.data(), up.delta.data(), up.delta.size());
+    return v;
+  };
+  w::TrainRound t = small_round(m);
+  const fleetdl::Vector<float> plain = delta_of(t);
+  REQUIRE(plain.norm() > 0.01f);
+  // clipping only: the delta keeps its direction at norm C
+  t.config.dp_clip = 0.01f;
+  const fleetdl::Vector<float> clipped = delta_of(t);
+  CHECK(clipped.norm() == Approx(0.01).epsilon(1e-4));
+  CHECK((clipped - plain * (0.01f / plain.norm())).norm() < 1e-6f);
+  // with noise: sigma = z C per coordinate, seeded by the round's seed
+  t.config.dp_noise_multiplier = 2.0f;
+  const fleetdl::Vector<float> noisy = delta_of(t);
+  const double sd = std::sqrt((noisy - clipped).squaredNorm() / static_cast<double>(d));
+  CHECK(sd == Approx(0.02).epsilon(0.05));
+  CHECK((delta_of(t).array() == noisy.array()).all());  // same seed, same noise
+
+  // top-k: k = max(1, round(fraction x d)) non-zero coordinates
+  t = small_round(m);
+  t.config.codec = w::CodecId::topk_pairs;
+  t.config.topk_fraction = 0.05f;
+  ag::Worker wk(kData, 1ULL << 30, 1, 1.0);
+  REQUIRE(wk.assign(1, w::ModuleKind::fdl_model, bytes).accepted);
+  auto up = must(wk.train(t, 0));
+  auto dec = must(fleetdl::fl::decode_update<float>(up.delta, d));
+  CHECK((dec.array() != 0.0f).count() == std::llround(0.05 * static_cast<double>(d)));
+}
+
 TEST_CASE("agent: the train handler's update is fl::train_local's, encoded", "[agent][data]") {
   if (!have_data()) {
     WARN("Fashion-MNIST not installed at " << kData);

@@ -2666,6 +2666,44 @@ class FleetCli(CliTestCase):
         finally:
             con.close()
 
+    def test_local_dp_and_topk_fraction(self):
+        """Local DP and a top-k fraction other than 1% travel in train_round:
+        each update is clipped and noised on the device, then 5% of its
+        coordinates are sent (a bitmap of d bits plus k floats); the privacy
+        spent is recorded per round and equals what `fl simulate` reports for
+        the same participation."""
+        self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
+        c = self.config()
+        c.update({"clients": 4, "rounds": 2, "dataset": {"train_limit": 1600, "test_limit": 200},
+                  "codec": {"kind": "topk", "topk_fraction": 0.05},
+                  "dp": {"mode": "local", "noise_multiplier": 1.0, "clipping_norm": 1.0}})
+        cfg = self.write_config(c)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        sim_cfg = {k: v for k, v in c.items() if k != "fleet"}
+        sim_path = self.write_config(sim_cfg, "sim.json")
+        q = run(["fl", "simulate", "--config", sim_path, "--json"])
+        self.assertEqual(q.returncode, 0, describe(["fl", "simulate"], q))
+        sim_eps = [json.loads(l)["epsilon"] for l in q.stdout.splitlines() if '"round"' in l]
+        con = sqlite3.connect(self.db)
+        try:
+            events = [m for (m,) in con.execute("SELECT message FROM events WHERE kind = 'privacy' ORDER BY id")]
+            ups = [u for (u,) in con.execute("SELECT bytes_up FROM device_round_costs WHERE run = 1")]
+        finally:
+            con.close()
+        self.assertEqual(len(events), 2, events)
+        eps = [float(re.search(r"epsilon ([0-9.e+-]+) at delta", e).group(1)) for e in events]
+        self.assertEqual(len(sim_eps), 2)
+        for mine, theirs in zip(eps, sim_eps):
+            self.assertAlmostEqual(mine, theirs, delta=1e-4 * theirs)
+        self.assertLess(eps[0], eps[1])
+        # d = 266,610 parameters, k = 13,331: a bitmap of 33,327 bytes plus 53,324 bytes of values, in one frame
+        self.assertEqual(len(ups), 8)
+        for u in ups:
+            self.assertGreater(u, 33327 + 53324)
+            self.assertLess(u, 33327 + 53324 + 400)
+
     def test_module_larger_than_every_device(self):
         self.fleet_up(2, [{"name": "tiny", "budget_bytes": 65536}])
         c = self.config(wait_seconds=3)

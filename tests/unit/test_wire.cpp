@@ -237,6 +237,9 @@ TEST_CASE("wire: golden payloads of train_round and update", "[wire]") {
   t.config.shard_count = 4;
   t.config.partition_seed = 9;
   t.config.train_limit = 200;
+  t.config.topk_fraction = 0.25f;
+  t.config.dp_clip = 2.0f;
+  t.config.dp_noise_multiplier = 0.5f;
   t.parameters = {1.0f};
   t.server_control = {-2.0f};
   const Bytes round = {
@@ -258,6 +261,9 @@ TEST_CASE("wire: golden payloads of train_round and update", "[wire]") {
       0x04, 0x00, 0x00, 0x00,                          // shard_count 4
       0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // partition_seed 9
       0xc8, 0x00, 0x00, 0x00,                          // train_limit 200
+      0x00, 0x00, 0x80, 0x3e,                          // topk_fraction 0.25
+      0x00, 0x00, 0x00, 0x40,                          // dp_clip 2
+      0x00, 0x00, 0x00, 0x3f,                          // dp_noise_multiplier 0.5
       0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3f,  // param_count 1, 1.0
       0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0,  // control_count 1, -2.0
   };
@@ -334,9 +340,9 @@ TEST_CASE("wire: header constants and type values are stable", "[wire]") {
 
 TEST_CASE("wire: default and micro limits let their largest messages fit a frame", "[wire]") {
   for (const w::Limits& l : {w::Limits{}, w::micro_limits()}) {
-    // train_round: 67 bytes of config, the partition spec, u32 count,
+    // train_round: 79 bytes of config, the partition spec, u32 count,
     // count x 4, u32 control count (0 without SCAFFOLD).
-    CHECK(75 + std::uint64_t{l.max_partition_spec_bytes} + 4ULL * l.max_train_params <= l.max_frame_payload);
+    CHECK(87 + std::uint64_t{l.max_partition_spec_bytes} + 4ULL * l.max_train_params <= l.max_frame_payload);
     // assign_chunk: 29 bytes of fields, u32 length, data.
     CHECK(33 + std::uint64_t{l.max_chunk_bytes} <= l.max_frame_payload);
     // infer_response: 8 + 8 + 1 + kMaxDims x 4 + values.
@@ -348,7 +354,7 @@ TEST_CASE("wire: default and micro limits let their largest messages fit a frame
   big.parameters.assign(w::Limits{}.max_train_params, 0.25f);
   auto enc = w::encode_message(big, w::Binding{1, 1, 1, 1});
   REQUIRE(enc.ok());
-  CHECK(enc->size() == w::frame_bytes(75 + big.config.partition_spec.size() + 4ULL * big.parameters.size()));
+  CHECK(enc->size() == w::frame_bytes(87 + big.config.partition_spec.size() + 4ULL * big.parameters.size()));
   Bytes buf(w::Limits{}.max_frame_payload);
   w::FrameDecoder dec(buf);
   const auto r = dec.feed(*enc);
@@ -687,6 +693,9 @@ struct RoundHead {
   std::string spec = R"({"kind":"iid"})";
   std::uint32_t shard_index = 0;
   std::uint32_t shard_count = 1;
+  float topk_fraction = 0.01f;
+  float dp_clip = 0.0f;
+  float dp_noise = 0.0f;
 };
 void round_head(ByteWriter& b, const RoundHead& h) {
   b.u16(0);
@@ -707,6 +716,9 @@ void round_head(ByteWriter& b, const RoundHead& h) {
   b.u32(h.shard_count);
   b.u64(0);
   b.u32(0);
+  b.f32(h.topk_fraction);
+  b.f32(h.dp_clip);
+  b.f32(h.dp_noise);
 }
 void round_head(ByteWriter& b, float lr = 0.1f, std::uint8_t codec = 0) {
   RoundHead h;
@@ -842,6 +854,21 @@ TEST_CASE("wire: malformed payloads of every message type are refused, naming th
       {"train_round NaN control", MessageType::train_round, [&](ByteWriter& b) {
          round_head(b); b.u32(1); b.f32(1); b.u32(1); b.f32(nan);
        }, "'server_control' value 0 is not finite"},
+      {"train_round top-k fraction 0", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.topk_fraction = 0.0f; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'topk_fraction' must be in (0, 1]"},
+      {"train_round top-k fraction above 1", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.topk_fraction = 1.5f; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'topk_fraction' must be in (0, 1]"},
+      {"train_round negative DP clip", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.dp_clip = -1.0f; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'dp_clip' is negative"},
+      {"train_round DP noise without a clip", MessageType::train_round, [](ByteWriter& b) {
+         RoundHead h; h.dp_noise = 1.0f; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'dp_noise_multiplier' needs dp_clip > 0"},
+      {"train_round NaN DP noise", MessageType::train_round, [&](ByteWriter& b) {
+         RoundHead h; h.dp_clip = 1.0f; h.dp_noise = nan; round_head(b, h); b.u32(0); b.u32(0);
+       }, "'dp_noise_multiplier' is not finite"},
       {"train_round missing control count", MessageType::train_round, [](ByteWriter& b) {
          round_head(b); b.u32(1); b.f32(1);
        }, "payload ends inside 'control_count'"},

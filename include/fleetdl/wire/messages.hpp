@@ -631,6 +631,14 @@ struct RoundConfig {
   std::uint32_t shard_count = 1;    ///< >= 1
   std::uint64_t partition_seed = 0; ///< the run config's seed (sim::make_partition forks it)
   std::uint32_t train_limit = 0;    ///< first images of the training set, 0 = all
+  // The update's privacy and sparsity: top-k codecs keep
+  // max(1, round(topk_fraction x d)) coordinates; with dp_clip > 0 the
+  // device clips its delta to L2 norm dp_clip and adds Gaussian noise of
+  // standard deviation dp_noise_multiplier x dp_clip to every coordinate
+  // (local DP, fl::privatize_update_local) before the codec.
+  float topk_fraction = 0.01f;      ///< finite, in (0, 1]
+  float dp_clip = 0.0f;             ///< finite >= 0; 0 = no local DP
+  float dp_noise_multiplier = 0.0f; ///< finite >= 0; > 0 needs dp_clip > 0
 
   bool scaffold() const noexcept { return (flags & round_flag::scaffold) != 0; }
   bool loss_before() const noexcept { return (flags & round_flag::loss_before) != 0; }
@@ -677,6 +685,9 @@ struct TrainRound {
     w.u32(c.shard_count);
     w.u64(c.partition_seed);
     w.u32(c.train_limit);
+    w.f32(c.topk_fraction);
+    w.f32(c.dp_clip);
+    w.f32(c.dp_noise_multiplier);
     w.u32(static_cast<std::uint32_t>(parameters.size()));
     detail::put_f32s(w, parameters);
     w.u32(static_cast<std::uint32_t>(server_control.size()));
@@ -710,6 +721,9 @@ struct TrainRound {
     f.get("shard_count", c.shard_count);
     f.get("partition_seed", c.partition_seed);
     f.get("train_limit", c.train_limit);
+    f.get("topk_fraction", c.topk_fraction);
+    f.get("dp_clip", c.dp_clip);
+    f.get("dp_noise_multiplier", c.dp_noise_multiplier);
     f.get("param_count", count);
     f.max_len("parameters", count, l.max_train_params, "max_train_params");
     f.f32_array("parameters", count, m.parameters);
@@ -743,6 +757,11 @@ struct TrainRound {
     f.require(c.shard_index < c.shard_count, "shard_index", "must be below shard_count");
     f.require(server_control.empty() || server_control.size() == parameters.size(), "server_control",
               "count must be 0 or param_count");
+    f.finite(c.topk_fraction, "topk_fraction");
+    f.require(!(c.topk_fraction <= 0.0f) && !(c.topk_fraction > 1.0f), "topk_fraction", "must be in (0, 1]");
+    f.finite_nonneg(c.dp_clip, "dp_clip");
+    f.finite_nonneg(c.dp_noise_multiplier, "dp_noise_multiplier");
+    f.require(!(c.dp_noise_multiplier > 0.0f) || c.dp_clip > 0.0f, "dp_noise_multiplier", "needs dp_clip > 0");
   }
   bool operator==(const TrainRound&) const = default;
 };
