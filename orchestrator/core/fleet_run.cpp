@@ -287,6 +287,10 @@ class Engine : public FleetHost {
       return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " is finished; nothing to resume");
     if (!bundle_.no_checkpoint.empty() && !fedavgm() && !fedopt())
       return make_error(Errc::unsupported, "run " + std::to_string(run) + " cannot be resumed: " + bundle_.no_checkpoint);
+    if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort)
+      return make_error(Errc::unsupported, "run " + std::to_string(run) +
+                                               " cannot be resumed: Oort selection's per-device statistics are not "
+                                               "checkpointed");
     auto last = store_->last_committed_round(run);
     if (!last) return std::move(last).error();
     std::int64_t from = 1;
@@ -528,8 +532,13 @@ class Engine : public FleetHost {
         chosen = std::move(sel->clients);
         break;
       }
-      case sim::SelectionPolicy::oort:
-        return make_error(Errc::unsupported, "selection.policy 'oort' is not supported on a fleet");
+      case sim::SelectionPolicy::oort: {
+        if (!oort_) oort_.emplace(cfg_.fl.sim.oort);
+        auto sel = oort_->select(online, k, select_rng);
+        if (!sel) return std::move(sel).error();
+        chosen = std::move(sel->clients);
+        break;
+      }
     }
     auto instructions = bundle_.strategy->configure(r, chosen, select_rng);
     const Index required = std::max(cfg_.fl.sim.min_clients, bundle_.strategy->min_updates());
@@ -545,6 +554,7 @@ class Engine : public FleetHost {
       std::int64_t device = 0;
       DeviceCost cost;
       bool pending = true;
+      double loss = 0, seconds = 0;  ///< of its update (Oort)
     };
     std::map<std::int64_t, Slot> slots;  // by device
     const auto deadline = after(t0, cfg_.fleet.round_deadline_seconds);
@@ -645,6 +655,10 @@ class Engine : public FleetHost {
       s.cost.status = CostStatus::ok;
       loss_sum += u.loss * u.example_count;
       loss_weight += u.example_count;
+      // Oort: the device's statistical utility (its loss) and its measured
+      // round time, wall clock from train_round sent to update received
+      s.loss = u.loss;
+      s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       updates.push_back(std::move(*cu));
     }
     const auto conn_now = server_->connected();
@@ -684,6 +698,11 @@ class Engine : public FleetHost {
         rec.test_accuracy = ev.accuracy;
         rec.test_loss = ev.loss;
       }
+      if (oort_)
+        for (const auto& [d, sl] : slots)
+          if (sl.cost.status == CostStatus::ok)
+            (void)oort_->report(sl.shard, std::max<Index>(1, static_cast<Index>(sl.cost.examples)), sl.loss * sl.loss,
+                                std::max(sl.seconds, 1e-6));
       Checkpoint ck;
       ck.parameters = float_bytes(model_.params());
       ck.state = server_state();
@@ -852,6 +871,7 @@ class Engine : public FleetHost {
   sim::StrategyBundle<float> bundle_;
   std::optional<ThreadPool> pool_;
   partition::ModuleDemand demand_;
+  std::optional<fl::OortSelector> oort_;
   std::vector<std::uint8_t> module_;
   std::vector<std::int64_t> shard_device_;
 };
@@ -1343,8 +1363,6 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
   if (c.fl.sim.attack.kind != sim::AttackKind::none) return unsupported("attack", "attacks exist only in `fl simulate`");
   if (!c.fl.profiles.empty())
     return unsupported("profiles", "a fleet's devices report their own capabilities (give profiles to `fleet up`)");
-  if (c.fl.sim.selection == sim::SelectionPolicy::oort)
-    return unsupported("selection.policy", "'oort' is not supported on a fleet yet");
   if (c.fl.clients > 4096) return unsupported("clients", "at most 4096 devices per run");
 
   namespace cfg = sim::detail::cfg;
