@@ -308,7 +308,17 @@ class Engine : public FleetHost {
     // the same devices on the same shards
     auto as = store_->assignments(run);
     if (!as) return std::move(as).error();
-    for (const auto& a : *as) shard_device_.push_back(a.device);
+    for (const auto& a : *as) {
+      shard_device_.push_back(a.device);
+      if (!widths_.empty()) {  // HeteroFL: "MODEL/shard-I@WIDTH"
+        const auto at = a.module_name.rfind('@');
+        const double w = at == std::string::npos ? 1.0 : std::strtod(a.module_name.c_str() + at + 1, nullptr);
+        if (!width_by_value(w))
+          return make_error(Errc::corrupt, "run " + std::to_string(run) + ": assignment '" + a.module_name +
+                                               "' names no width of fleet.heterofl_widths");
+        shard_width_.push_back(w);
+      }
+    }
     if (shard_device_.empty())
       return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " has no module assignments to resume with");
     (void)store_->set_run_status(run, RunStatus::running, unix_ms_now());
@@ -337,6 +347,7 @@ class Engine : public FleetHost {
     bundle_ = std::move(*bundle);
     pool_.emplace(std::max(1, o_.threads));
     demand_ = compute_demand();
+    if (bundle_.heterofl) FLEETDL_TRY(prepare_widths());
 
     // the frames this model needs: a round's parameters (and SCAFFOLD's
     // control variate) in one frame
@@ -361,6 +372,51 @@ class Engine : public FleetHost {
                                              cfg_.fl.client.momentum > 0.0 ? 1 : 0, bundle_.scaffold ? 2 : 0);
   }
 
+  /// One HeteroFL width: its sub-model's bytes, size and training demand.
+  struct Width {
+    double width = 1.0;
+    std::vector<std::uint8_t> bytes;
+    Index params = 0;
+    partition::ModuleDemand demand;
+  };
+
+  /// HeteroFL: the sub-model of every width of fleet.heterofl_widths, with
+  /// its training demand and module bytes. A device trains the widest one
+  /// its budget holds.
+  Result<void> prepare_widths() {
+    hetero_ = dynamic_cast<fl::HeteroFL<float>*>(bundle_.strategy.get());
+    if (!hetero_) return make_error(Errc::unsupported, "heterofl: the strategy chain is not plain HeteroFL");
+    const double examples = cfg_.fl.train_limit > 0 ? static_cast<double>(cfg_.fl.train_limit) : 60000.0;
+    for (const double w : cfg_.fleet.heterofl_widths) {
+      Width wd;
+      wd.width = w;
+      auto sub = fl::make_submodel(model_, w);
+      if (!sub) return make_error(sub.error().code, "heterofl: width " + num(w) + ": " + sub.error().message);
+      wd.bytes = io::encode_model(*sub);
+      wd.params = sub->param_count();
+      wd.demand = partition::training_demand<float>(cfg_.fl.model + "@" + num(w), *sub, cfg_.fl.client.batch,
+                                                    examples / static_cast<double>(cfg_.fl.clients) * cfg_.fl.client.epochs,
+                                                    cfg_.fl.client.momentum > 0.0 ? 1 : 0, 0);
+      widths_.push_back(std::move(wd));
+    }
+    return success();
+  }
+
+  /// The widest sub-model a budget holds (HeteroFL), or nullptr.
+  const Width* width_for(double budget) const {
+    for (const auto& w : widths_)
+      if (budget >= w.demand.memory_bytes) return &w;
+    return nullptr;
+  }
+  const Width* width_by_value(double width) const {
+    for (const auto& w : widths_)
+      if (w.width == width) return &w;
+    return nullptr;
+  }
+  double shard_width(Index shard) const {
+    return shard_width_.empty() ? 1.0 : shard_width_[static_cast<std::size_t>(shard)];
+  }
+
   /// New run: wait until `clients` devices that can hold the module are
   /// connected, then give them shards in device-id order.
   Result<void> gather_new() {
@@ -374,7 +430,8 @@ class Engine : public FleetHost {
       for (const auto d : server_->connected()) {
         auto h = server_->hello_of(d);
         if (!h) continue;
-        if (static_cast<double>(h->memory_budget_bytes) >= dem.memory_bytes) {
+        const double smallest = widths_.empty() ? dem.memory_bytes : widths_.back().demand.memory_bytes;
+        if (static_cast<double>(h->memory_budget_bytes) >= smallest) {
           fit.push_back(d);
         } else if (too_small.insert(d).second) {
           event("too_small", "device '" + h->agent_name + "' has a budget of " + std::to_string(h->memory_budget_bytes) +
@@ -385,6 +442,8 @@ class Engine : public FleetHost {
         std::sort(fit.begin(), fit.end());
         fit.resize(want);
         shard_device_ = fit;
+        if (!widths_.empty())
+          for (const auto d : fit) shard_width_.push_back(width_for(static_cast<double>(budget(d)))->width);
         return success();
       }
       if (Clock::now() >= until) {
@@ -411,14 +470,17 @@ class Engine : public FleetHost {
                                     h ? static_cast<double>(h->memory_budget_bytes) : 1.0,
                                     h && h->mac_per_s > 0 ? h->mac_per_s : 1e9,
                                     h && h->link_bytes_per_s > 0 ? h->link_bytes_per_s : 1.25e6};
+      const Width* w = widths_.empty() ? nullptr : width_by_value(shard_width_[i]);
+      const auto& dm = w ? w->demand : dem;
       Assignment a;
       a.run = run_;
       a.device = d;
-      a.module_name = cfg_.fl.model + "/shard-" + std::to_string(i);
-      a.module_kind = ModuleKind::whole;
-      a.module_bytes = static_cast<std::int64_t>(module_bytes().size());
-      a.peak_memory_bytes = static_cast<std::int64_t>(dem.memory_bytes);
-      a.predicted_latency_ms = 1000.0 * partition::predicted_seconds(dem, cap);
+      // a HeteroFL sub-model names its width, which `fleet resume` reads back
+      a.module_name = cfg_.fl.model + "/shard-" + std::to_string(i) + (w ? "@" + num(w->width) : std::string());
+      a.module_kind = w && w->width < 1.0 ? ModuleKind::segment : ModuleKind::whole;
+      a.module_bytes = static_cast<std::int64_t>(w ? w->bytes.size() : module_bytes().size());
+      a.peak_memory_bytes = static_cast<std::int64_t>(dm.memory_bytes);
+      a.predicted_latency_ms = 1000.0 * partition::predicted_seconds(dm, cap);
       a.assigned_at = now;
       auto id = store_->add_assignment(a);
       if (!id) return std::move(id).error();
@@ -455,11 +517,11 @@ class Engine : public FleetHost {
 
   /// Send the module to every device of the run and wait for its answer.
   Result<void> assign() {
-    const auto& bytes = module_bytes();
     const std::uint64_t module_id = static_cast<std::uint64_t>(run_);
     std::set<std::int64_t> waiting(shard_device_.begin(), shard_device_.end());
-    for (const auto d : shard_device_) {
-      auto sent = send_module(d, module_id, wire::ModuleKind::fdl_model, bytes);
+    for (std::size_t i = 0; i < shard_device_.size(); ++i) {
+      const Width* w = widths_.empty() ? nullptr : width_by_value(shard_width_[i]);
+      auto sent = send_module(shard_device_[i], module_id, wire::ModuleKind::fdl_model, w ? w->bytes : module_bytes());
       if (!sent) return make_error(sent.error().code, "assigning the module: " + sent.error().message);
     }
     const auto until = after(Clock::now(), cfg_.fleet.wait_seconds);
@@ -481,7 +543,7 @@ class Engine : public FleetHost {
     if (!waiting.empty())
       return make_error(Errc::not_found, "device " + name(*waiting.begin()) + " did not acknowledge the module within " +
                                              num(cfg_.fleet.wait_seconds) + " s");
-    log("module " + cfg_.fl.model + " (" + std::to_string(bytes.size()) + " B) accepted by " +
+    log("module " + cfg_.fl.model + " (" + std::to_string(module_bytes().size()) + " B) accepted by " +
         std::to_string(shard_device_.size()) + " devices");
     return success();
   }
@@ -588,7 +650,14 @@ class Engine : public FleetHost {
         c.dp_clip = static_cast<float>(cfg_.fl.sim.local_dp.clipping_norm);
         c.dp_noise_multiplier = static_cast<float>(cfg_.fl.sim.local_dp.noise_multiplier);
       }
-      tr.parameters.assign(global.data(), global.data() + global.size());
+      if (shard_width(ins.client) < 1.0) {  // HeteroFL: the device's share of the global model
+        auto sub = hetero_->extract(ConstVectorMap<float>(global.data(), global.size()), shard_width(ins.client));
+        if (!sub) return std::move(sub).error();
+        tr.parameters.assign(sub->data(), sub->data() + sub->size());
+        sub_global_[ins.client] = std::move(*sub);
+      } else {
+        tr.parameters.assign(global.data(), global.data() + global.size());
+      }
       if (c.scaffold()) tr.server_control.assign(server_c.data(), server_c.data() + server_c.size());
       auto sent = server_->send(s.device, tr, wire::Binding{0, static_cast<std::uint64_t>(run_), static_cast<std::uint32_t>(r), 0});
       if (sent) {
@@ -646,7 +715,9 @@ class Engine : public FleetHost {
       s.cost.compute_ms = u.compute_ms;
       s.cost.peak_memory_bytes = static_cast<std::int64_t>(u.peak_memory_bytes);
       s.cost.examples = u.example_count;
-      auto cu = to_update(u, s.shard, global, r);
+      const double sw = shard_width(s.shard);
+      auto cu = to_update(u, s.shard, sw < 1.0 ? sub_global_.at(s.shard) : global, r);
+      if (cu) cu->width = sw;
       if (!cu) {
         s.cost.status = CostStatus::rejected;
         event("rejected", "device " + name(s.device) + ": round " + std::to_string(r) + ": " + cu.error().message, s.device);
@@ -872,6 +943,10 @@ class Engine : public FleetHost {
   std::optional<ThreadPool> pool_;
   partition::ModuleDemand demand_;
   std::optional<fl::OortSelector> oort_;
+  fl::HeteroFL<float>* hetero_ = nullptr;  ///< the strategy, when it is HeteroFL
+  std::vector<Width> widths_;              ///< HeteroFL: widest first
+  std::vector<double> shard_width_;        ///< HeteroFL: per shard
+  std::map<Index, Vector<float>> sub_global_;  ///< HeteroFL: what each shard was sent this round
   std::vector<std::uint8_t> module_;
   std::vector<std::int64_t> shard_device_;
 };
@@ -1358,7 +1433,6 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
     return make_error(Errc::unsupported, path + ": " + key + ": " + why);
   };
   const auto& s = c.fl.strategy.name;
-  if (s == "heterofl") return unsupported("strategy.name", "'heterofl' (sub-models per device) is not supported on a fleet yet");
   if (s == "fedbuff") return unsupported("strategy.name", "'fedbuff' (asynchronous rounds) is not supported on a fleet yet");
   if (c.fl.sim.attack.kind != sim::AttackKind::none) return unsupported("attack", "attacks exist only in `fl simulate`");
   if (!c.fl.profiles.empty())
@@ -1392,6 +1466,21 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
     auto v = o.boolean("discovery", c.fleet.discovery);
     if (!v) return fail_cfg(path, v.error());
     c.fleet.discovery = *v;
+  }
+  if (const json::Value* w = o.get("heterofl_widths")) {
+    const std::string key = "fleet.heterofl_widths";
+    if (!w->is_array() || w->items().empty() || w->items().size() > 8)
+      return make_error(Errc::invalid_argument, path + ": " + key + ": must be an array of 1 to 8 widths");
+    c.fleet.heterofl_widths.clear();
+    for (const auto& x : w->items()) {
+      if (!x.is_number() || !(x.as_double() > 0.0 && x.as_double() <= 1.0))
+        return make_error(Errc::invalid_argument, path + ": " + key + ": every width must be a number in (0, 1]");
+      if (!c.fleet.heterofl_widths.empty() && !(x.as_double() < c.fleet.heterofl_widths.back()))
+        return make_error(Errc::invalid_argument, path + ": " + key + ": widths must be strictly decreasing");
+      c.fleet.heterofl_widths.push_back(x.as_double());
+    }
+    if (c.fl.strategy.name != "heterofl")
+      return make_error(Errc::invalid_argument, path + ": " + key + ": applies to strategy heterofl only");
   }
   {
     auto v = o.integer("heartbeat_ms", c.fleet.heartbeat_ms, false, 10, 600000);

@@ -42,6 +42,9 @@ struct FleetSection {
   bool discovery = true;                ///< answer agents' UDP announcements
   std::uint16_t discovery_port = 47800;
   std::uint32_t heartbeat_ms = 1000;
+  /// HeteroFL: the sub-model widths, widest first; each device trains the
+  /// widest whose training memory its budget holds.
+  std::vector<double> heterofl_widths = {1.0, 0.5, 0.25, 0.125};
 };
 
 struct FleetConfig {

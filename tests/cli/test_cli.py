@@ -2607,8 +2607,10 @@ class FleetCli(CliTestCase):
     def test_kill_then_resume_with_server_state(self):
         """The same with strategies that carry server state from round to
         round, checkpointed with each round: FedAdam's moments and step count,
-        FedAvgM's momentum."""
-        for strategy in ({"name": "fedadam", "eta": 0.01}, {"name": "fedavgm", "server_momentum": 0.9}):
+        FedAvgM's momentum; and with HeteroFL, whose devices' widths resume
+        reads back from the assignments."""
+        for strategy in ({"name": "fedadam", "eta": 0.01}, {"name": "fedavgm", "server_momentum": 0.9},
+                         {"name": "heterofl"}):
             with self.subTest(strategy["name"]):
                 if self.up:
                     run(["fleet", "down", "--db", self.db])
@@ -2617,7 +2619,9 @@ class FleetCli(CliTestCase):
                 self.kill_then_resume(strategy)
 
     def kill_then_resume(self, strategy):
-        self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
+        # (HeteroFL: two devices hold only the width-0.5 sub-model, which resume reads back from the assignments)
+        self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}] if strategy["name"] != "heterofl" else
+                      [{"name": "fast", "budget_bytes": 64 << 20}, {"name": "small", "budget_bytes": 5 << 19}])
         c = self.config(heartbeat_ms=300)
         c.update({"clients": 4, "rounds": 3, "dataset": {"train_limit": 1600, "test_limit": 200},
                   "strategy": strategy})
@@ -2704,6 +2708,45 @@ class FleetCli(CliTestCase):
             self.assertGreater(u, 33327 + 53324)
             self.assertLess(u, 33327 + 53324 + 400)
 
+    def test_heterofl_sub_models_by_budget(self):
+        """HeteroFL on a fleet: each device trains the widest sub-model its
+        budget holds (2 devices the whole lenet300_100, 2 with 2.5 MiB the
+        width-0.5 one); the assignments name the widths, the small devices
+        receive less, and every round commits with all 4."""
+        self.fleet_up(4, [{"name": "big", "budget_bytes": 64 << 20}, {"name": "small", "budget_bytes": 5 << 19}])
+        c = self.config()
+        c.update({"clients": 4, "rounds": 2, "dataset": {"train_limit": 1600, "test_limit": 200},
+                  "strategy": {"name": "heterofl"}})
+        c["fleet"]["heterofl_widths"] = [1, 0.5, 0.25]
+        cfg = self.write_config(c)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        rounds = [json.loads(l) for l in p.stdout.splitlines() if '"round"' in l]
+        self.assertEqual([(r["status"], r["selected"], r["completed"]) for r in rounds], [("committed", 4, 4)] * 2)
+        self.assertGreater(rounds[-1]["accuracy"], 0.3)
+        con = sqlite3.connect(self.db)
+        try:
+            assigned = dict(con.execute("SELECT d.name, a.module_name FROM assignments a JOIN devices d ON d.id = a.device "
+                                        "WHERE a.run = 1").fetchall())
+            kinds = dict(con.execute("SELECT d.name, a.module_kind FROM assignments a JOIN devices d ON d.id = a.device "
+                                     "WHERE a.run = 1").fetchall())
+            down = dict(con.execute("SELECT d.name, c.bytes_down FROM device_round_costs c JOIN devices d ON d.id = c.device "
+                                    "WHERE c.run = 1 AND c.round = 2").fetchall())
+        finally:
+            con.close()
+        self.assertEqual(sorted(assigned), ["big-000", "big-002", "small-001", "small-003"])
+        for name, module in assigned.items():
+            self.assertTrue(module.endswith("@1" if name.startswith("big") else "@0.5"), (name, module))
+            self.assertEqual(kinds[name], "whole" if name.startswith("big") else "segment")
+        # the width-0.5 share: 784x150+150 + 150x50+50 + 50x10+10 = 125,810 of 266,610 parameters
+        for name in ("small-001", "small-003"):
+            self.assertGreater(down[name], 125810 * 4)
+            self.assertLess(down[name], 125810 * 4 + 600)
+        for name in ("big-000", "big-002"):
+            self.assertGreater(down[name], 266610 * 4)
+            self.assertLess(down[name], 266610 * 4 + 600)
+
     def test_oort_selection(self):
         """Oort on a fleet: 2 of 4 devices per round, chosen from the losses
         and wall-clock round times the devices' updates showed; every round
@@ -2756,8 +2799,12 @@ class FleetCli(CliTestCase):
             ("bad port", {}, {"fleet_port": 70000}, ["fleet.fleet_port"]),
             ("bad bind", {}, {"bind": "not-an-ip"}, ["fleet.bind", "not-an-ip"]),
             ("zero rounds", {"rounds": 0}, None, ["rounds"]),
-            ("simulation-only strategy", {"strategy": {"name": "heterofl"}}, None, ["strategy.name", "heterofl"]),
             ("asynchronous strategy", {"strategy": {"name": "fedbuff"}}, None, ["strategy.name", "fedbuff"]),
+            ("widths without heterofl", {}, {"heterofl_widths": [1, 0.5]}, ["fleet.heterofl_widths", "heterofl only"]),
+            ("widths not decreasing", {"strategy": {"name": "heterofl"}}, {"heterofl_widths": [0.5, 1]},
+             ["fleet.heterofl_widths", "strictly decreasing"]),
+            ("width zero", {"strategy": {"name": "heterofl"}}, {"heterofl_widths": [1, 0]},
+             ["fleet.heterofl_widths", "(0, 1]"]),
         ]
         for what, top, fleet, needles in rows:
             with self.subTest(what):
