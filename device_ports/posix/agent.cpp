@@ -989,11 +989,7 @@ struct Agent::Impl {
   static Result<wire::Fingerprint> fingerprint_of(const std::string& pem) {
     auto hex = core::fingerprint_sha256(pem);
     if (!hex) return std::move(hex).error();
-    wire::Fingerprint f{};
-    if (hex->size() != 2 * f.size()) return make_error(Errc::invalid_argument, "fingerprint: unexpected length");
-    for (std::size_t i = 0; i < f.size(); ++i)
-      f[i] = static_cast<std::uint8_t>(std::stoi(hex->substr(2 * i, 2), nullptr, 16));
-    return f;
+    return core::fingerprint_bytes(*hex);
   }
 
   /// Announces (a fresh Announcer each time: whether the agent is enrolled,

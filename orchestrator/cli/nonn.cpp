@@ -60,21 +60,10 @@ constexpr char kFeatMagic[8] = {'F', 'D', 'L', 'F', 'E', 'A', 'T', '1'};
 constexpr std::size_t kFeatHeader = 8 + 4 + 4 + 8;
 using partition::ModuleSet;
 using partition::StudentCost;
+using partition::forward_all;
 using partition::load_modules;
 using partition::module_cost;
 
-/// Forward a whole image set in batches; one column per image.
-Matrix<float> forward_all(nn::Model<float>& m, const Matrix<float>& x, Index batch, ThreadPool* pool) {
-  nn::ExecContext<float> ctx;
-  ctx.pool = pool;
-  Matrix<float> out(m.output_shape().size(), x.cols());
-  for (Index b = 0; b < x.cols(); b += batch) {
-    const Index n = std::min(batch, x.cols() - b);
-    const Matrix<float> xb = x.middleCols(b, n);
-    out.middleCols(b, n) = m.forward(xb, ctx);
-  }
-  return out;
-}
 
 /// One running student process and what it has sent so far.
 struct Worker {

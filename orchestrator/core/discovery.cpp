@@ -33,6 +33,25 @@ Error socket_error(const std::string& who, const char* call, const udp::endpoint
 
 }  // namespace
 
+Result<wire::Fingerprint> fingerprint_bytes(std::string_view hex) {
+  wire::Fingerprint f{};
+  const auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (hex.size() != 2 * f.size())
+    return make_error(Errc::invalid_argument, "fingerprint: " + std::to_string(hex.size()) + " hex digits, not " +
+                                                  std::to_string(2 * f.size()));
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    const int hi = digit(hex[2 * i]), lo = digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return make_error(Errc::invalid_argument, "fingerprint: not a hex digit at " + std::to_string(2 * i));
+    f[i] = static_cast<std::uint8_t>(hi * 16 + lo);
+  }
+  return f;
+}
+
 std::vector<udp::endpoint> default_announce_targets(std::uint16_t port) {
   return {udp::endpoint(asio::ip::address_v4::broadcast(), port), udp::endpoint(asio::ip::address_v4::loopback(), port)};
 }

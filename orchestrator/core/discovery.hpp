@@ -79,6 +79,10 @@ struct AnnouncerOptions {
 /// 255.255.255.255:port and 127.0.0.1:port.
 std::vector<asio::ip::udp::endpoint> default_announce_targets(std::uint16_t port);
 
+/// The 32 bytes of a SHA-256 fingerprint written as 64 hex digits (as
+/// fleet_ca.hpp's fingerprint_sha256 gives it), for the datagrams' fields.
+Result<wire::Fingerprint> fingerprint_bytes(std::string_view hex);
+
 struct AnnouncerStats {
   std::uint64_t announces_sent = 0;          ///< datagrams sent (rounds x targets, minus errors)
   std::uint64_t send_errors = 0;             ///< e.g. no route to a broadcast target

@@ -177,9 +177,9 @@ class FleetHost {
     else if (!aec && !bind.is_unspecified()) lo.advertise = bind;
     lo.enroll_port = server_->enroll_port();
     lo.fleet_port = server_->fleet_port();
-    const std::string& fp = ca_->ca_fingerprint_sha256();
-    for (std::size_t i = 0; i < lo.ca_fingerprint.size() && 2 * i + 1 < fp.size(); ++i)
-      lo.ca_fingerprint[i] = static_cast<std::uint8_t>(std::stoi(fp.substr(2 * i, 2), nullptr, 16));
+    auto fp = fingerprint_bytes(ca_->ca_fingerprint_sha256());
+    if (!fp) return make_error(fp.error().code, "discovery: the fleet CA's " + fp.error().message);
+    lo.ca_fingerprint = *fp;
     std::uint64_t id = 0;
     for (std::size_t i = 0; i < 8; ++i) id = (id << 8) | lo.ca_fingerprint[i];
     lo.fleet_id = id == 0 ? 1 : id;
@@ -1020,8 +1020,8 @@ class InferEngine : public FleetHost {
       combiner_ = std::move(set->combiner);
       reference_ = std::move(set->unified);
       classes_ = set->classes;
-    } else if (auto blob = read_micro_blob(o_.modules); blob.ok() && !blob->empty()) {
-      FLEETDL_TRY(prepare_micro(std::move(*blob)));
+    } else if (auto blob = read_micro_blob(o_.modules); blob.ok() && !blob->bytes.empty()) {
+      FLEETDL_TRY(prepare_micro(std::move(blob->bytes), blob->arena_bytes));
     } else if (!blob) {
       return std::move(blob).error();
     } else {
@@ -1070,10 +1070,14 @@ class InferEngine : public FleetHost {
     return listen();
   }
 
+  struct MicroFile {
+    std::vector<std::uint8_t> bytes;  ///< empty: not a micro blob
+    std::uint64_t arena_bytes = 0;    ///< micro::plan_arena_bytes(bytes).plan.total
+  };
   /// The file's bytes when it is an int8 micro blob (micro::plan_arena_bytes,
   /// which verifies it, accepts it); empty when it is not one (a .fdl model,
   /// say); an error when it cannot be read.
-  static Result<std::vector<std::uint8_t>> read_micro_blob(const std::string& path) {
+  static Result<MicroFile> read_micro_blob(const std::string& path) {
     std::error_code ec;
     const auto size = std::filesystem::file_size(path, ec);
     if (ec) return make_error(Errc::io_error, path + ": " + ec.message());
@@ -1086,15 +1090,15 @@ class InferEngine : public FleetHost {
     const std::size_t got = bytes.empty() ? 0 : std::fread(bytes.data(), 1, bytes.size(), f);
     std::fclose(f);
     if (got != bytes.size()) return make_error(Errc::io_error, path + ": short read");
-    if (!micro::plan_arena_bytes(bytes.data(), bytes.size())) return std::vector<std::uint8_t>{};
-    return bytes;
+    const micro::PlanResult plan = micro::plan_arena_bytes(bytes.data(), bytes.size());
+    if (!plan) return MicroFile{};
+    return MicroFile{std::move(bytes), plan.plan.total};
   }
 
   /// An int8 micro blob on `replicas` devices: its float shapes and
   /// quantization read from the blob as the agent reads them; the local
   /// reference is compress::QuantizedRunner over the same bytes.
-  Result<void> prepare_micro(std::vector<std::uint8_t> blob) {
-    const micro::PlanResult plan = micro::plan_arena_bytes(blob.data(), blob.size());
+  Result<void> prepare_micro(std::vector<std::uint8_t> blob, std::uint64_t arena_bytes) {
     const micro::ModelView v(blob.data(), blob.size());
     if (v.input_count() != 1 || v.output_count() != 1)
       return make_error(Errc::unsupported, o_.modules + ": a micro blob with one input and one output is needed (it has " +
@@ -1107,7 +1111,7 @@ class InferEngine : public FleetHost {
     qm.output_layout = qm.output_shape;
     qm.input = compress::QuantParams{ti.scale, ti.zero_point};
     qm.output = compress::QuantParams{to.scale, to.zero_point};
-    qm.arena_bytes = plan.plan.total;
+    qm.arena_bytes = arena_bytes;
     auto runner = compress::QuantizedRunner::create(qm);
     if (!runner) return std::move(runner).error();
     micro_.emplace(std::move(*runner));
@@ -1118,7 +1122,7 @@ class InferEngine : public FleetHost {
       m.bytes = blob;
       m.features = classes_;
       m.demand.name = m.name;
-      m.demand.memory_bytes = static_cast<double>(blob.size()) + static_cast<double>(plan.plan.total);  // the agent's rule
+      m.demand.memory_bytes = static_cast<double>(blob.size()) + static_cast<double>(arena_bytes);  // the agent's rule
       m.demand.macs = 1.0;  // not known from the blob; placement then balances by count
       m.demand.bytes_in = static_cast<double>(qm.input_shape.size()) * sizeof(float);
       m.demand.bytes_out = static_cast<double>(classes_) * sizeof(float);
@@ -1336,15 +1340,7 @@ class InferEngine : public FleetHost {
 
   /// The model run here on a whole image set, batch by batch.
   Matrix<float> forward_local(nn::Model<float>& m, const Matrix<float>& x) {
-    Matrix<float> y(m.output_shape().size(), x.cols());
-    nn::ExecContext<float> ctx;
-    ctx.pool = pool_ ? &*pool_ : nullptr;
-    for (Index first = 0; first < x.cols(); first += o_.batch) {
-      const Index n = std::min<Index>(o_.batch, x.cols() - first);
-      const Matrix<float> xb = x.middleCols(first, n);
-      y.middleCols(first, n) = m.forward(xb, ctx);
-    }
-    return y;
+    return partition::forward_all(m, x, static_cast<Index>(o_.batch), pool_ ? &*pool_ : nullptr);
   }
 
   Result<void> combine_and_record(Clock::time_point t0) {

@@ -233,6 +233,23 @@ struct Tally {
 
 // ======================================================================= datagrams
 
+TEST_CASE("discovery: fingerprint_bytes reads 64 hex digits, refuses anything else", "[discovery]") {
+  const std::string hex = "00ff10Ab" + std::string(56, '7');
+  auto f = fingerprint_bytes(hex);
+  REQUIRE(f.ok());
+  CHECK((*f)[0] == 0x00);
+  CHECK((*f)[1] == 0xff);
+  CHECK((*f)[2] == 0x10);
+  CHECK((*f)[3] == 0xab);
+  CHECK((*f)[31] == 0x77);
+  for (const std::string& bad : {std::string(), hex.substr(1), hex + "0", "g" + hex.substr(1), hex.substr(0, 63) + " "}) {
+    CAPTURE(bad);
+    auto e = fingerprint_bytes(bad);
+    REQUIRE_FALSE(e.ok());
+    CHECK(e.error().message.rfind("fingerprint: ", 0) == 0);
+  }
+}
+
 TEST_CASE("discovery: golden announce datagram", "[discovery]") {
   const w::Announce a = golden_announce();
   CHECK(encode(a) == kGoldenAnnounce);

@@ -7,9 +7,11 @@
 
 #include "fleetdl/core/error.hpp"
 #include "fleetdl/core/json.hpp"
+#include "fleetdl/core/parallel.hpp"
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/nn/model.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <filesystem>
 #include <optional>
@@ -113,6 +115,20 @@ inline Result<ModuleSet> load_modules(const std::string& dir) {
     set.unified = std::move(um->model);
   }
   return set;
+}
+
+/// Forward a whole image set through `m` in batches of `batch` columns (one
+/// column per image); how `fleetdl infer` and `fleet infer` run a module here.
+inline Matrix<float> forward_all(nn::Model<float>& m, const Matrix<float>& x, Index batch, ThreadPool* pool) {
+  nn::ExecContext<float> ctx;
+  ctx.pool = pool;
+  Matrix<float> out(m.output_shape().size(), x.cols());
+  for (Index b = 0; b < x.cols(); b += batch) {
+    const Index n = std::min(batch, x.cols() - b);
+    const Matrix<float> xb = x.middleCols(b, n);
+    out.middleCols(b, n) = m.forward(xb, ctx);
+  }
+  return out;
 }
 
 }  // namespace fleetdl::partition
