@@ -425,8 +425,6 @@ int cmd_fl(int argc, char** argv) {
                          " bytes of memory, more than every profile's memory_bytes", 2);
 
   if (!ckpt.empty()) {
-    if (auto why = s.checkpoint_unsupported(); !why.empty())
-      return fail(cmd, path + ": --checkpoint: " + why, 2);
     std::error_code ec;
     if (a.has("--resume") && std::filesystem::exists(ckpt, ec)) {
       auto bytes = fleetdl::read_file(ckpt, std::uint64_t{1} << 36);

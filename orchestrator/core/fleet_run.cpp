@@ -285,12 +285,6 @@ class Engine : public FleetHost {
     if (!rec) return std::move(rec).error();
     if (rec->status == RunStatus::finished)
       return make_error(Errc::invalid_argument, "run " + std::to_string(run) + " is finished; nothing to resume");
-    if (!bundle_.no_checkpoint.empty() && !fedavgm() && !fedopt())
-      return make_error(Errc::unsupported, "run " + std::to_string(run) + " cannot be resumed: " + bundle_.no_checkpoint);
-    if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort)
-      return make_error(Errc::unsupported, "run " + std::to_string(run) +
-                                               " cannot be resumed: Oort selection's per-device statistics are not "
-                                               "checkpointed");
     auto last = store_->last_committed_round(run);
     if (!last) return std::move(last).error();
     std::int64_t from = 1;
@@ -795,6 +789,7 @@ class Engine : public FleetHost {
         (rec.test_accuracy ? ", accuracy " + num(*rec.test_accuracy) : std::string()) + ", up " +
         std::to_string(rec.bytes_up) + " B, down " + std::to_string(rec.bytes_down) + " B, " + num(rec.round_seconds) + " s");
     if (cfg_.fl.sim.local_dp.enabled) FLEETDL_TRY(account_local_dp(r));
+    if (bundle_.accountant && completed) FLEETDL_TRY(account_central_dp(r));
     if (o_.on_round) o_.on_round(rec);
     if (o_.after_commit) o_.after_commit(r);
     return success();
@@ -821,6 +816,21 @@ class Engine : public FleetHost {
     }
     const std::string line = "round " + std::to_string(r) + ": local DP epsilon " + num(eps) + " at delta " +
                              num(cfg_.fl.sim.dp_delta) + " (" + std::to_string(most) + " releases by one device)";
+    log(line);
+    event("privacy", line);
+    return success();
+  }
+
+  /// Central DP: the wrapper's accountant (one step of the sampled Gaussian
+  /// mechanism per committed round, as `fl simulate` accounts it; restored
+  /// with the checkpoint on resume), as epsilon at dp.delta; logged and
+  /// recorded as an event.
+  Result<void> account_central_dp(std::int64_t r) {
+    auto e = bundle_.accountant->epsilon(cfg_.fl.sim.dp_delta);
+    if (!e) return make_error(e.error().code, "central DP accounting: " + e.error().message);
+    const std::string line = "round " + std::to_string(r) + ": central DP epsilon " + num(e->epsilon) + " at delta " +
+                             num(cfg_.fl.sim.dp_delta) + " (" + std::to_string(bundle_.accountant->steps()) +
+                             " accounted rounds)";
     log(line);
     event("privacy", line);
     return success();
@@ -857,62 +867,36 @@ class Engine : public FleetHost {
   }
 
   // ------------------------------------------------------------ server state
-  fl::FedAvgM<float>* fedavgm() const { return dynamic_cast<fl::FedAvgM<float>*>(bundle_.strategy.get()); }
-  fl::FedOpt<float>* fedopt() const { return dynamic_cast<fl::FedOpt<float>*>(bundle_.strategy.get()); }
-
-  /// What the strategy carries from round to round, for the checkpoint:
-  /// SCAFFOLD's c; FedAvgM's momentum; FedOpt's step count (int64 LE) then m
-  /// and v; nothing for the stateless strategies. Float32 little-endian, each
-  /// vector empty (0 bytes) before the first aggregation.
+  /// What the strategy carries from round to round, for the checkpoint
+  /// (fl::Strategy::save_state): SCAFFOLD's c; FedAvgM's momentum; FedOpt's
+  /// step count (u64 LE) then m and v; a central-DP wrapper's noise stream,
+  /// accountant and clipping norm before its inner strategy's; nothing for
+  /// the stateless strategies. Vectors are float32 little-endian, empty
+  /// before the first aggregation.
+  /// With Oort selection, its per-shard statistics and exploration rate
+  /// (fl::OortSelector::save_state) come first.
   Blob server_state() const {
-    if (bundle_.scaffold) return float_bytes(bundle_.scaffold->control());
-    if (const auto* m = fedavgm()) return float_bytes(m->momentum());
-    if (const auto* o = fedopt()) {
-      Blob b(8);
-      const auto steps = static_cast<std::uint64_t>(o->steps());
-      for (int i = 0; i < 8; ++i) b[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(steps >> (8 * i));
-      const Blob m = float_bytes(o->first_moment()), v = float_bytes(o->second_moment());
-      b.insert(b.end(), m.begin(), m.end());
-      b.insert(b.end(), v.begin(), v.end());
-      return b;
-    }
-    return {};
+    ByteWriter w;
+    if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort)
+      (oort_ ? *oort_ : fl::OortSelector(cfg_.fl.sim.oort)).save_state(w);
+    bundle_.strategy->save_state(w);
+    return std::move(w).bytes();
   }
 
-  /// The inverse of server_state(), checked against the model's size.
+  /// The inverse of server_state(), checked against the model's size and
+  /// the number of shards; on error nothing changes.
   Result<void> restore_server_state(const Blob& b, std::int64_t round) {
-    const std::string what = "server state of the checkpoint of round " + std::to_string(round);
-    const Index d = model_.param_count();
-    if (bundle_.scaffold) {
-      if (b.empty()) return success();
-      auto c = floats_of(b, d, what);
-      if (!c) return std::move(c).error();
-      bundle_.scaffold->restore_control(std::move(*c));
-    } else if (auto* m = fedavgm()) {
-      if (b.empty()) return success();
-      auto v = floats_of(b, d, what);
-      if (!v) return std::move(v).error();
-      m->restore_momentum(std::move(*v));
-    } else if (auto* o = fedopt()) {
-      if (b.size() != 8 && b.size() != 8 + 2 * static_cast<std::size_t>(d) * sizeof(float))
-        return make_error(Errc::corrupt, what + ": " + std::to_string(b.size()) + " bytes, " + bundle_.strategy->name() +
-                                             " keeps 8 or " + std::to_string(8 + 2 * d * 4));
-      std::uint64_t steps = 0;
-      for (int i = 0; i < 8; ++i) steps |= static_cast<std::uint64_t>(b[static_cast<std::size_t>(i)]) << (8 * i);
-      Vector<float> mv, vv;
-      if (b.size() > 8) {
-        mv.resize(d);
-        vv.resize(d);
-        std::memcpy(mv.data(), b.data() + 8, static_cast<std::size_t>(d) * sizeof(float));
-        std::memcpy(vv.data(), b.data() + 8 + static_cast<std::size_t>(d) * sizeof(float), static_cast<std::size_t>(d) * sizeof(float));
-      }
-      if (steps > (1ULL << 40)) return make_error(Errc::corrupt, what + ": step count " + std::to_string(steps));
-      auto ok = o->restore(std::move(mv), std::move(vv), static_cast<long>(steps));
-      if (!ok) return make_error(Errc::corrupt, what + ": " + ok.error().message);
-    } else if (!b.empty()) {
-      return make_error(Errc::corrupt, what + ": " + std::to_string(b.size()) + " bytes, but " +
-                                           bundle_.strategy->name() + " keeps no server state");
+    const auto bad = [&](const std::string& why) {
+      return make_error(Errc::corrupt, "server state of the checkpoint of round " + std::to_string(round) + ": " + why);
+    };
+    ByteReader r(b.data(), b.size());
+    std::optional<fl::OortSelector> oort;
+    if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort) {
+      oort.emplace(cfg_.fl.sim.oort);
+      if (auto ok = oort->load_state(r, static_cast<Index>(cfg_.fl.clients)); !ok) return bad(ok.error().message);
     }
+    if (auto ok = bundle_.strategy->load_state(r, model_.param_count()); !ok) return bad(ok.error().message);
+    if (oort) oort_ = std::move(oort);
     return success();
   }
 

@@ -1453,13 +1453,36 @@ class FlCheckpoint(FlTestCase):
         return [without(r, "wall_seconds") for r in records]
 
     def test_resume_matches_uninterrupted(self):
-        cfg = self.config()
-        full_model = self.path("full.fdl")
+        self.resume_matches(self.config(), "scaffold")
+
+    def test_resume_with_server_state(self):
+        """Strategies that carry state between rounds resume bit for bit too:
+        FedAdam's moments and step count, FedAvgM's momentum, central DP
+        (fixed and adaptive clipping) with its noise stream, accountant (the
+        epsilon of every round is in the records compared) and clipping norm;
+        and Oort selection with its per-client statistics."""
+        for name, edits in [
+            ("fedadam", [("strategy", {"name": "fedadam", "eta": 0.01})]),
+            ("fedavgm", [("strategy", {"name": "fedavgm", "server_momentum": 0.9})]),
+            ("dp_fixed", [("strategy", {"name": "fedavg"}),
+                          ("dp", {"mode": "fixed", "noise_multiplier": 0.5, "clipping_norm": 1.0})]),
+            ("dp_adaptive", [("strategy", {"name": "fedavgm", "server_momentum": 0.5}),
+                             ("dp", {"mode": "adaptive", "noise_multiplier": 0.5, "clipped_count_stddev": 2.0})]),
+            # Oort's per-client statistics and exploration rate (simulated durations: bit for bit)
+            ("oort", [("selection", {"policy": "oort", "clients_per_round": 4})]),
+        ]:
+            with self.subTest(strategy=name):
+                self.resume_matches(self.write_config(self._cfg(edits), name + ".json"), name)
+
+    def resume_matches(self, cfg, name):
+        full_model = self.path(name + "-full.fdl")
         p = self.check_ok(["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--out", full_model])
         full, full_summary = fl_records(p)
         self.assertEqual(len(full), 4)
+        if "dp" in name:
+            self.assertTrue(all(r["epsilon"] > 0 for r in full), "central DP reports epsilon every round")
         # interrupted: kill the process once two round records are out
-        ckpt = self.path("run.ckpt")
+        ckpt = self.path(name + ".ckpt")
         args = [FLEETDL, "fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen = []
@@ -1485,7 +1508,7 @@ class FlCheckpoint(FlTestCase):
         proc.stderr.close()
         self.assertGreaterEqual(len(seen), 2)
         self.assertTrue(os.path.exists(ckpt))
-        resumed_model = self.path("resumed.fdl")
+        resumed_model = self.path(name + "-resumed.fdl")
         args = ["fl", "simulate", "--config", cfg, "--json", "--no-progress", "--checkpoint", ckpt, "--resume",
                 "--out", resumed_model]
         p = run(args)
@@ -1545,17 +1568,7 @@ class FlCheckpoint(FlTestCase):
         with open(ckpt, "rb") as fh:
             self.assertEqual(fh.read(), good)
 
-    def test_unsupported_and_usage(self):
-        for name, edits, needle in [
-            ("fedadam", [("strategy", {"name": "fedadam"})], "server optimizer moments"),
-            ("central_dp", [("strategy", {"name": "fedavg"}), ("dp", {"mode": "fixed", "noise_multiplier": 0.5,
-                                                                     "clipping_norm": 1.0})], "central DP"),
-            ("oort", [("selection", {"policy": "oort", "clients_per_round": 4})], "Oort"),
-        ]:
-            with self.subTest(case=name):
-                cfg = self.write_config(self._cfg(edits), name + ".json")
-                self.check_fl_error(cfg, "--checkpoint", [needle], extra=["--checkpoint", self.path("x.ckpt")])
-                self.assertFalse(os.path.exists(self.path("x.ckpt")))
+    def test_usage(self):
         cfg = self.config()
         self.check_error(["fl", "simulate", "--config", cfg, "--resume"], 2, "fl simulate", ["--resume needs --checkpoint"])
 
@@ -2607,24 +2620,32 @@ class FleetCli(CliTestCase):
     def test_kill_then_resume_with_server_state(self):
         """The same with strategies that carry server state from round to
         round, checkpointed with each round: FedAdam's moments and step count,
-        FedAvgM's momentum; and with HeteroFL, whose devices' widths resume
-        reads back from the assignments."""
-        for strategy in ({"name": "fedadam", "eta": 0.01}, {"name": "fedavgm", "server_momentum": 0.9},
-                         {"name": "heterofl"}):
-            with self.subTest(strategy["name"]):
+        FedAvgM's momentum; central DP's noise stream, accountant and (adaptive)
+        clipping norm around its inner strategy's state; and with HeteroFL,
+        whose devices' widths resume reads back from the assignments."""
+        for label, strategy, dp in (
+                ("fedadam", {"name": "fedadam", "eta": 0.01}, None),
+                ("fedavgm", {"name": "fedavgm", "server_momentum": 0.9}, None),
+                ("heterofl", {"name": "heterofl"}, None),
+                ("dp-fixed", {"name": "fedavg"}, {"mode": "fixed", "noise_multiplier": 0.5, "clipping_norm": 1.0}),
+                ("dp-adaptive", {"name": "fedadam", "eta": 0.01},
+                 {"mode": "adaptive", "noise_multiplier": 0.5, "clipped_count_stddev": 2.0})):
+            with self.subTest(label):
                 if self.up:
                     run(["fleet", "down", "--db", self.db])
                     self.up = False
-                self.db = self.path("fleet-%s.db" % strategy["name"])
-                self.kill_then_resume(strategy)
+                self.db = self.path("fleet-%s.db" % label)
+                self.kill_then_resume(strategy, dp)
 
-    def kill_then_resume(self, strategy):
+    def kill_then_resume(self, strategy, dp=None):
         # (HeteroFL: two devices hold only the width-0.5 sub-model, which resume reads back from the assignments)
         self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}] if strategy["name"] != "heterofl" else
                       [{"name": "fast", "budget_bytes": 64 << 20}, {"name": "small", "budget_bytes": 5 << 19}])
         c = self.config(heartbeat_ms=300)
         c.update({"clients": 4, "rounds": 3, "dataset": {"train_limit": 1600, "test_limit": 200},
                   "strategy": strategy})
+        if dp:
+            c["dp"] = dp
         cfg = self.write_config(c)
         args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
         p = run(args)
@@ -2665,6 +2686,12 @@ class FleetCli(CliTestCase):
         self.assertEqual(self.final_parameters(2, 3), reference, "resumed run differs from the uninterrupted one")
         con = sqlite3.connect(self.db)
         try:
+            if dp:  # the privacy spent after the last round (resumed from the checkpointed accountant) is the same
+                eps = [con.execute("SELECT message FROM events WHERE run = ? AND kind = 'privacy' ORDER BY id",
+                                   (r,)).fetchall() for r in (1, 2)]
+                self.assertEqual(len(eps[0]), 3)
+                self.assertRegex(eps[0][-1][0], r"^round 3: central DP epsilon [0-9.e+]+ at delta .*\(3 accounted rounds\)$")
+                self.assertEqual(eps[1][-1], eps[0][-1])
             self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
             self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 2").fetchone()[0], "finished")
         finally:
@@ -2770,6 +2797,65 @@ class FleetCli(CliTestCase):
         finally:
             con.close()
         self.assertEqual(per_round, [(i, 2, 2) for i in range(1, 5)])
+
+    def test_oort_resume(self):
+        """kill -9 of an Oort run after a committed round, then `fleet resume`:
+        the selector's per-device statistics and exploration rate come back
+        from the checkpoint, so after 4 rounds epsilon has decayed 4 times
+        (a selector started afresh on resume would have decayed only for the
+        rounds after it) and every device has a report. The round times are
+        measured, so the parameters are not compared with another run."""
+        self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
+        c = self.config(heartbeat_ms=300)
+        c.update({"clients": 4, "rounds": 4, "dataset": {"train_limit": 1600, "test_limit": 200},
+                  "selection": {"policy": "oort", "clients_per_round": 2}})
+        cfg = self.write_config(c)
+        args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
+        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.time() + 120
+            committed = 0
+            while time.time() < end and committed < 2:
+                con = sqlite3.connect(self.db, timeout=10)
+                try:
+                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
+                                            ).fetchone()[0]
+                except sqlite3.OperationalError:
+                    committed = 0  # the schema is not there yet
+                finally:
+                    con.close()
+                time.sleep(0.02)
+            self.assertGreaterEqual(committed, 2, "run 1 committed fewer than 2 rounds")
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        time.sleep(1.0)  # the agents notice the lost connection
+        args = ["fleet", "resume", "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 1").fetchone()[0], "finished")
+            self.assertEqual(con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
+                                         ).fetchone()[0], 4)
+            state = bytes(con.execute("SELECT state FROM checkpoints WHERE run = 1 AND round = 4").fetchone()[0])
+        finally:
+            con.close()
+        # Oort's state: epsilon f64, n u64, then n x (shard u64, utility f64, duration f64); FedAvg adds nothing
+        eps, n = struct.unpack_from("<dQ", state, 0)
+        self.assertEqual(len(state), 16 + 24 * n)
+        want = 0.9
+        for _ in range(4):
+            want = max(want * 0.98, 0.2)
+        self.assertEqual(eps, want, "Oort's exploration rate was not restored on resume")
+        self.assertEqual(n, 4)
+        shards = [struct.unpack_from("<Q", state, 16 + 24 * i)[0] for i in range(n)]
+        self.assertEqual(shards, [0, 1, 2, 3])
 
     def test_module_larger_than_every_device(self):
         self.fleet_up(2, [{"name": "tiny", "budget_bytes": 65536}])

@@ -14,6 +14,15 @@
 
 namespace fleetdl {
 
+/// Everything an Rng's future output depends on: the xoshiro256** words and
+/// the Box-Muller spare. Rng::state() and Rng::set_state() make a generator
+/// part of a checkpoint.
+struct RngState {
+  std::uint64_t s[4]{};
+  double spare = 0.0;
+  bool has_spare = false;
+};
+
 class Rng {
  public:
   explicit Rng(std::uint64_t seed = 0x5eed) { reseed(seed); }
@@ -95,6 +104,26 @@ class Rng {
       if (u < 1.0 - 0.0331 * x * x * x * x) return d * v;
       if (u > 0.0 && std::log(u) < 0.5 * x * x + d * (1.0 - v + std::log(v))) return d * v;
     }
+  }
+
+  /// The generator's whole state: an Rng given it by set_state() produces
+  /// the same stream from here on.
+  RngState state() const {
+    RngState st;
+    for (int i = 0; i < 4; ++i) st.s[i] = s_[i];
+    st.spare = spare_;
+    st.has_spare = has_spare_;
+    return st;
+  }
+  /// Continue from state(). An all-zero word set is xoshiro's one fixed
+  /// point (never reached from a seed) and is refused: returns false and
+  /// leaves the generator unchanged. So is a spare that is not finite.
+  bool set_state(const RngState& st) {
+    if ((st.s[0] | st.s[1] | st.s[2] | st.s[3]) == 0 || !std::isfinite(st.spare)) return false;
+    for (int i = 0; i < 4; ++i) s_[i] = st.s[i];
+    spare_ = st.has_spare ? st.spare : 0.0;
+    has_spare_ = st.has_spare;
+    return true;
   }
 
   /// Fisher-Yates shuffle of [first, last).

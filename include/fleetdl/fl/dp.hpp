@@ -335,6 +335,23 @@ class RdpAccountant {
     std::fill(rdp_.begin(), rdp_.end(), 0.0);
     steps_ = 0;
   }
+  /// Continue from a checkpoint: rdp() and steps() as they were, over the
+  /// same orders. Each RDP must be >= 0 and not NaN (+inf is a legal total),
+  /// the step count >= 0; on error nothing changes.
+  Result<void> restore(std::vector<double> rdp, long steps) {
+    if (rdp.size() != orders_.size())
+      return make_error(Errc::invalid_argument, "RdpAccountant::restore: " + std::to_string(rdp.size()) +
+                                                    " RDP values for " + std::to_string(orders_.size()) + " orders");
+    for (std::size_t i = 0; i < rdp.size(); ++i)
+      if (!(rdp[i] >= 0.0))
+        return make_error(Errc::invalid_argument, "RdpAccountant::restore: RDP at order " + detail::dp_fmt(orders_[i]) +
+                                                      " is " + detail::dp_fmt(rdp[i]));
+    if (steps < 0)
+      return make_error(Errc::invalid_argument, "RdpAccountant::restore: negative step count " + std::to_string(steps));
+    rdp_ = std::move(rdp);
+    steps_ = steps;
+    return success();
+  }
 
  private:
   std::vector<double> orders_;
@@ -467,6 +484,61 @@ class DpWrapperBase : public Strategy<S> {
   /// ε accounting over all successful rounds (client-level, q per round).
   const RdpAccountant& accountant() const { return accountant_; }
 
+  /// The noise stream (4 u64, the spare as f64, a u8 flag), the sampling
+  /// rate of the last configure() (f64), the accountant (u32 order count,
+  /// f64 RDP per order, u64 steps), what the derived wrapper adds
+  /// (save_extra), then the inner strategy's state.
+  void save_state(ByteWriter& w) const override {
+    const RngState st = noise_rng_.state();
+    for (const auto word : st.s) w.u64(word);
+    w.f64(st.spare);
+    w.u8(st.has_spare ? 1 : 0);
+    w.f64(configured_q_);
+    w.u32(static_cast<std::uint32_t>(accountant_.rdp().size()));
+    for (const double v : accountant_.rdp()) w.f64(v);
+    w.u64(static_cast<std::uint64_t>(accountant_.steps()));
+    save_extra(w);
+    inner_->save_state(w);
+  }
+
+  Result<void> load_state(ByteReader& r, Index dim) override {
+    const auto bad = [&](const std::string& why) { return make_error(Errc::corrupt, this->name() + ": state: " + why); };
+    RngState st;
+    std::uint8_t spare_flag = 0;
+    double q = 0.0;
+    std::uint32_t orders = 0;
+    for (auto& word : st.s)
+      if (!r.u64(word)) return bad("truncated noise stream");
+    if (!r.f64(st.spare) || !r.u8(spare_flag)) return bad("truncated noise stream");
+    if (spare_flag > 1) return bad("noise stream flag " + std::to_string(spare_flag));
+    st.has_spare = spare_flag == 1;
+    Rng rng;
+    if (!rng.set_state(st)) return bad("the noise stream's state is invalid");
+    if (!r.f64(q) || !(q >= 0.0 && q <= 1.0)) return bad("the sampling rate is missing or outside [0, 1]");
+    if (!r.u32(orders)) return bad("truncated accountant");
+    if (orders != accountant_.orders().size())
+      return bad(std::to_string(orders) + " accountant orders, this wrapper has " +
+                 std::to_string(accountant_.orders().size()));
+    if (r.remaining() < static_cast<std::size_t>(orders) * 8 + 8) return bad("truncated accountant");
+    std::vector<double> rdp(orders);
+    for (auto& v : rdp) (void)r.f64(v);
+    std::uint64_t steps = 0;
+    (void)r.u64(steps);
+    if (steps > (std::uint64_t{1} << 40)) return bad("accountant step count " + std::to_string(steps));
+    RdpAccountant acc = accountant_;
+    if (auto ok = acc.restore(std::move(rdp), static_cast<long>(steps)); !ok) return bad(ok.error().message);
+    double extra = 0.0;
+    if (auto ok = load_extra(r, extra); !ok) return bad(ok.error().message);
+    // the inner strategy last: it is the only part that can still fail, and
+    // it leaves itself unchanged when it does
+    if (auto ok = inner_->load_state(r, dim); !ok) return std::move(ok).error();
+    noise_rng_ = rng;
+    configured_q_ = q;
+    accountant_ = std::move(acc);
+    apply_extra(extra);
+    return success();
+  }
+
  protected:
   DpWrapperBase(std::unique_ptr<Strategy<S>> inner, Rng noise_rng, bool equal_weights, double sampling_rate)
       : inner_(std::move(inner)), noise_rng_(noise_rng), equal_weights_(equal_weights), sampling_rate_(sampling_rate) {}
@@ -513,6 +585,15 @@ class DpWrapperBase : public Strategy<S> {
     report_ = rep;
     return out;
   }
+
+  /// A derived wrapper's own state (one f64 at most), around load_state().
+  virtual void save_extra(ByteWriter& w) const { (void)w; }
+  virtual Result<void> load_extra(ByteReader& r, double& v) const {
+    (void)r;
+    (void)v;
+    return success();
+  }
+  virtual void apply_extra(double v) { (void)v; }
 
   /// One accountant step for this round (call after a successful round).
   void account(double z_total) {
@@ -662,6 +743,18 @@ class DpAdaptiveClipping final : public detail::DpWrapperBase<S> {
 
   /// The clipping norm the next round will use.
   double clipping_norm() const { return clip_; }
+
+ protected:
+  void save_extra(ByteWriter& w) const override { w.f64(clip_); }
+  Result<void> load_extra(ByteReader& r, double& v) const override {
+    if (!r.f64(v)) return make_error(Errc::corrupt, "truncated clipping norm");
+    if (!(v > 0.0) || !std::isfinite(v))
+      return make_error(Errc::corrupt, "clipping norm " + detail::dp_fmt(v) + " must be finite and > 0");
+    return success();
+  }
+  void apply_extra(double v) override { clip_ = v; }
+
+ public:
   /// z_Δ, the noise multiplier applied to the aggregated update.
   double update_noise_multiplier() const { return z_update_; }
   /// σ_b, the std of the noise on the unclipped count.

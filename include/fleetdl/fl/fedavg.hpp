@@ -159,6 +159,22 @@ class FedAvgM : public FedAvg<S> {
   /// before the first aggregation; its size is checked at the next one).
   void restore_momentum(Vector<S> m) { momentum_ = std::move(m); }
 
+  /// The momentum buffer, dim raw values (nothing before the first round).
+  void save_state(ByteWriter& w) const override { detail::write_state_vector(w, momentum_); }
+  Result<void> load_state(ByteReader& r, Index dim) override {
+    if (r.at_end()) {
+      momentum_.resize(0);
+      return success();
+    }
+    Vector<S> m;
+    if (r.remaining() != static_cast<std::size_t>(dim) * sizeof(S) || !detail::read_state_vector(r, dim, m))
+      return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
+                                           " bytes are not a momentum buffer of " + std::to_string(dim) +
+                                           " finite values");
+    momentum_ = std::move(m);
+    return success();
+  }
+
  private:
   FedAvgMOptions m_opts_;
   Vector<S> momentum_;

@@ -142,6 +142,30 @@ class FedOpt : public FedAvg<S> {
     return success();
   }
 
+  /// The step count (u64), then m and v (dim raw values each; nothing before
+  /// the first round).
+  void save_state(ByteWriter& w) const override {
+    w.u64(static_cast<std::uint64_t>(steps_));
+    detail::write_state_vector(w, m_);
+    detail::write_state_vector(w, v_);
+  }
+  Result<void> load_state(ByteReader& r, Index dim) override {
+    const std::size_t full = 2 * static_cast<std::size_t>(dim) * sizeof(S);
+    std::uint64_t steps = 0;
+    const auto bad = [&](const std::string& why) { return make_error(Errc::corrupt, name() + ": state: " + why); };
+    if (!r.u64(steps)) return bad("no step count");
+    if (steps > (std::uint64_t{1} << 40)) return bad("step count " + std::to_string(steps));
+    if (r.remaining() != 0 && r.remaining() != full)
+      return bad(std::to_string(r.remaining()) + " bytes after the step count, not 0 or " + std::to_string(full));
+    Vector<S> m, v;
+    if (r.remaining() == full && (!detail::read_state_vector(r, dim, m) || !detail::read_state_vector(r, dim, v)))
+      return bad("the moments are not finite");
+    if (steps != 0 && m.size() == 0) return bad("step count " + std::to_string(steps) + " without moments");
+    if (steps == 0 && m.size() != 0) return bad("moments without a step");
+    if (!(v.array() >= S(0)).all()) return bad("a negative second moment");
+    return restore(std::move(m), std::move(v), static_cast<long>(steps));
+  }
+
  private:
   static FedAvgOptions with_eta_l(const FedOptOptions& o) {
     FedAvgOptions b = o;

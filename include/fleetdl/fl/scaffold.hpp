@@ -181,6 +181,22 @@ class Scaffold : public FedAvg<S> {
   /// Restore a saved server variate c (a checkpoint); empty = zero.
   void restore_control(Vector<S> c) { c_ = std::move(c); }
 
+  /// The server variate c, dim raw values (nothing before the first round).
+  void save_state(ByteWriter& w) const override { detail::write_state_vector(w, c_); }
+  Result<void> load_state(ByteReader& r, Index dim) override {
+    if (r.at_end()) {
+      c_.resize(0);
+      return success();
+    }
+    Vector<S> c;
+    if (r.remaining() != static_cast<std::size_t>(dim) * sizeof(S) || !detail::read_state_vector(r, dim, c))
+      return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
+                                           " bytes are not a control variate of " + std::to_string(dim) +
+                                           " finite values");
+    c_ = std::move(c);
+    return success();
+  }
+
  private:
   static FedAvgOptions with_flag(const ScaffoldOptions& o) {
     FedAvgOptions b = o;

@@ -307,6 +307,53 @@ class OortSelector {
   Index num_explored() const { return static_cast<Index>(stats_.size()); }
   const OortOptions& options() const { return o_; }
 
+  /// For a checkpoint: epsilon (f64), the number of reported clients (u64),
+  /// then per client in ascending id: id (u64), statistical utility and
+  /// duration (f64 each). Little-endian.
+  void save_state(ByteWriter& w) const {
+    w.f64(epsilon_);
+    w.u64(static_cast<std::uint64_t>(stats_.size()));
+    for (const auto& [id, st] : stats_) {
+      w.u64(static_cast<std::uint64_t>(id));
+      w.f64(st.stat_util);
+      w.f64(st.duration);
+    }
+  }
+
+  /// Continue from save_state()'s bytes, read from `r` (which may hold more
+  /// after them). Untrusted: epsilon within [epsilon_min, 1], at most
+  /// `max_clients` entries with ids below it in ascending order, finite
+  /// utilities >= 0 and durations > 0; on error nothing changes.
+  Result<void> load_state(ByteReader& r, Index max_clients) {
+    const auto bad = [](const std::string& why) { return make_error(Errc::corrupt, "oort: state: " + why); };
+    double eps = 0.0;
+    std::uint64_t n = 0;
+    if (!r.f64(eps) || !r.u64(n)) return bad("truncated");
+    if (!(eps >= std::min(o_.epsilon_min, o_.epsilon) && eps <= 1.0))
+      return bad("epsilon " + detail::selection::num(eps) + " is outside [epsilon_min, 1]");
+    if (max_clients < 0 || n > static_cast<std::uint64_t>(max_clients))
+      return bad(std::to_string(n) + " clients, more than the " + std::to_string(max_clients) + " there are");
+    if (r.remaining() < n * 24) return bad("truncated");
+    std::map<Index, Stats> stats;
+    std::uint64_t last = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      std::uint64_t id = 0;
+      Stats st;
+      (void)r.u64(id);
+      (void)r.f64(st.stat_util);
+      (void)r.f64(st.duration);
+      if (id >= static_cast<std::uint64_t>(max_clients) || (i > 0 && id <= last))
+        return bad("client id " + std::to_string(id) + " out of range or out of order");
+      if (!(st.stat_util >= 0.0) || !std::isfinite(st.stat_util) || !(st.duration > 0.0) || !std::isfinite(st.duration))
+        return bad("client " + std::to_string(id) + ": utility or duration is not finite and positive");
+      stats.emplace_hint(stats.end(), static_cast<Index>(id), st);
+      last = id;
+    }
+    epsilon_ = eps;
+    stats_ = std::move(stats);
+    return success();
+  }
+
  private:
   struct Stats {
     double stat_util = 0.0;  ///< |B_i| sqrt(mean loss^2)

@@ -10,11 +10,13 @@
 // no per-layer loops anywhere in fl/.
 #pragma once
 
+#include "fleetdl/core/bytes.hpp"
 #include "fleetdl/core/error.hpp"
 #include "fleetdl/core/rng.hpp"
 #include "fleetdl/core/tensor.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <span>
 #include <string>
@@ -70,9 +72,53 @@ class Strategy {
 
   /// Minimum number of updates for aggregate() to accept a round.
   virtual Index min_updates() const { return 1; }
+
+  /// Append what this strategy carries from round to round (FedAvgM's
+  /// momentum, FedOpt's moments and step count, SCAFFOLD's c, a DP
+  /// wrapper's noise stream, accountant and clipping norm) to a checkpoint.
+  /// Little-endian; vectors of the model's size are written as raw S values
+  /// without a length (load_state() is told the size), an empty vector as
+  /// nothing. A strategy's state is the tail of the stream: a wrapper writes
+  /// its own first, then its inner strategy's. Stateless strategies write
+  /// nothing.
+  virtual void save_state(ByteWriter& w) const { (void)w; }
+
+  /// Continue from save_state()'s bytes for a model of `dim` parameters. The
+  /// bytes are untrusted: sizes and values are checked before use, the rest
+  /// of the stream must be consumed exactly, and on error the strategy is
+  /// unchanged. A restored strategy aggregates the next round bit for bit
+  /// as the one that saved.
+  virtual Result<void> load_state(ByteReader& r, Index dim) {
+    (void)dim;
+    if (!r.at_end())
+      return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
+                                           " bytes, but this strategy keeps no state between rounds");
+    return success();
+  }
 };
 
 namespace detail {
+
+/// Raw S values of a state vector (save_state()).
+template <class S>
+void write_state_vector(ByteWriter& w, const Vector<S>& v) {
+  w.raw(v.data(), static_cast<std::size_t>(v.size()) * sizeof(S));
+}
+
+/// Read `dim` raw S values, checked finite; false (v untouched) when too few
+/// bytes remain or a value is NaN or infinite.
+template <class S>
+bool read_state_vector(ByteReader& r, Index dim, Vector<S>& v) {
+  if (dim < 0) return false;
+  const std::size_t n = static_cast<std::size_t>(dim) * sizeof(S);
+  const std::uint8_t* p = r.take(n);
+  if (!p) return false;
+  Vector<S> out(dim);
+  std::memcpy(out.data(), p, n);
+  if (!out.allFinite()) return false;
+  v = std::move(out);
+  return true;
+}
 
 /// Validate a round's updates: non-empty, same dimension as global, finite,
 /// positive example counts. Returns the total example count.

@@ -491,14 +491,12 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c, const nn::Model<S>* 
     o.server_learning_rate = s.server_learning_rate;
     o.server_momentum = s.server_momentum;
     st = std::make_unique<fl::FedAvgM<S>>(o);
-    b.no_checkpoint = "fedavgm's server momentum is not checkpointed";
   } else if (s.name == "fedprox") {
     fl::FedProxOptions o;
     static_cast<fl::FedAvgOptions&>(o) = base;
     o.proximal_mu = s.proximal_mu;
     st = std::make_unique<fl::FedProx<S>>(o);
   } else if (s.name == "fedadam" || s.name == "fedyogi" || s.name == "fedadagrad") {
-    b.no_checkpoint = s.name + "'s server optimizer moments are not checkpointed";
     auto fill = [&](fl::FedOptOptions& o) {
       static_cast<fl::FedAvgOptions&>(o) = base;
       o.eta = s.eta;
@@ -564,8 +562,6 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c, const nn::Model<S>* 
   }
   const double q = static_cast<double>(c.expected_per_round()) / static_cast<double>(c.clients);
   Rng noise(Rng(c.seed).fork(0xD1FF).next_u64());
-  if (c.dp.mode == "fixed" || c.dp.mode == "adaptive")
-    b.no_checkpoint = "central DP's accountant, noise stream and clipping norm are not checkpointed";
   if (c.dp.mode == "fixed") {
     fl::FixedClippingConfig d;
     d.noise_multiplier = c.dp.noise_multiplier;

@@ -168,9 +168,6 @@ struct StrategyBundle {
   const fl::RdpAccountant* accountant = nullptr;     ///< central DP in the chain: report epsilon
   bool needs_loss_before = false;                    ///< q-FedAvg: clients report F_i(w_t)
   bool heterofl = false;                             ///< HeteroFL: devices train their profile's width
-  /// Why the strategy's server state cannot be checkpointed (empty: it can —
-  /// stateless strategies and SCAFFOLD, whose c the simulator saves).
-  std::string no_checkpoint;
 };
 
 enum class RoundStatus { completed, abandoned };
@@ -523,21 +520,16 @@ class Simulator {
   }
 
 public:
-  /// Why this run cannot be checkpointed (empty: it can).
-  std::string checkpoint_unsupported() const {
-    if (!bundle_.no_checkpoint.empty()) return bundle_.no_checkpoint;
-    if (oort_) return "Oort selection keeps per-client statistics that are not checkpointed";
-    return {};
-  }
-
   /// The run's state after the last round: round counters, clock, global
-  /// parameters and buffers, participation counts, SCAFFOLD's c and c_i, the
+  /// parameters and buffers, participation counts, the strategy's server
+  /// state (Strategy::save_state: momentum, moments, SCAFFOLD's c, a DP
+  /// wrapper's noise stream, accountant and clip), Oort's per-client
+  /// statistics and exploration rate, SCAFFOLD's c_i, the
   /// top-k residuals (as f32, or f64 when S is double). `fingerprint` identifies the experiment (the caller
   /// hashes its config) and must match at restore. Little-endian, CRC-32 at
   /// the end. Everything else is derived from (seed, round), so a restored
   /// run continues with the same bits as an uninterrupted one.
   Result<std::vector<std::uint8_t>> checkpoint(std::uint64_t fingerprint) const {
-    if (auto why = checkpoint_unsupported(); !why.empty()) return make_error(Errc::unsupported, "checkpoint: " + why);
     ByteWriter w;
     w.raw(ckpt_magic, sizeof ckpt_magic);
     w.u32(ckpt_version);
@@ -566,11 +558,15 @@ public:
     vec(std::as_const(model_).params());
     vec(std::as_const(model_).buffers());
     for (const auto n : participations_) w.u32(static_cast<std::uint32_t>(n));
+    ByteWriter strategy_state;
+    bundle_.strategy->save_state(strategy_state);
+    w.u64(static_cast<std::uint64_t>(strategy_state.size()));
+    w.raw(strategy_state.bytes().data(), strategy_state.size());
+    w.u8(oort_ ? 1 : 0);
+    if (oort_) oort_->save_state(w);
     w.u8(bundle_.scaffold ? 1 : 0);
-    if (bundle_.scaffold) {
-      vec(bundle_.scaffold->control());
+    if (bundle_.scaffold)
       for (const auto& st : scaffold_) vec(st.control());
-    }
     w.u8(feedback_.empty() ? 0 : 1);
     for (const auto& e : feedback_) vec(e.residual());
     std::vector<std::uint8_t> out = w.bytes();
@@ -583,7 +579,6 @@ public:
   /// the CRC, the fingerprint, every count and size are checked against this
   /// simulator before anything changes; an error leaves the simulator as it was.
   Result<void> restore(std::span<const std::uint8_t> bytes, std::uint64_t fingerprint) {
-    if (auto why = checkpoint_unsupported(); !why.empty()) return make_error(Errc::unsupported, "checkpoint: " + why);
     const auto bad = [](Errc c, const std::string& what) { return make_error(c, "checkpoint: " + what); };
     if (bytes.size() < sizeof ckpt_magic + 4 + 4) return bad(Errc::truncated, "too short to be a checkpoint");
     if (std::memcmp(bytes.data(), ckpt_magic, sizeof ckpt_magic) != 0) return bad(Errc::bad_magic, "not a fleetdl simulator checkpoint");
@@ -635,7 +630,7 @@ public:
       return true;
     };
     const Index d = model_.param_count();
-    Vector<S> params, buffers, server_c;
+    Vector<S> params, buffers;
     if (!vec(d, params, true) || !vec(model_.buffer_count(), buffers, true))
       return bad(Errc::corrupt, "model state does not match this model");
     std::vector<std::int32_t> parts(participations_.size());
@@ -644,11 +639,20 @@ public:
       if (!r.u32(v) || v > round) return bad(Errc::corrupt, "bad participation count");
       p = static_cast<std::int32_t>(v);
     }
+    std::uint64_t state_len = 0;
+    if (!r.u64(state_len) || state_len > r.remaining()) return bad(Errc::corrupt, "bad strategy state length");
+    const std::uint8_t* state_bytes = r.take(static_cast<std::size_t>(state_len));
+    std::uint8_t has_oort = 0;
+    if (!r.u8(has_oort) || has_oort != (oort_ ? 1 : 0)) return bad(Errc::corrupt, "Oort state mismatch");
+    std::optional<fl::OortSelector> oort;
+    if (has_oort) {
+      oort.emplace(oort_->options());
+      if (auto ok = oort->load_state(r, clients()); !ok) return bad(Errc::corrupt, ok.error().message);
+    }
     std::uint8_t has_scaffold = 0, has_feedback = 0;
     if (!r.u8(has_scaffold) || has_scaffold != (bundle_.scaffold ? 1 : 0)) return bad(Errc::corrupt, "SCAFFOLD state mismatch");
     std::vector<Vector<S>> ci;
     if (has_scaffold) {
-      if (!vec(d, server_c, false)) return bad(Errc::corrupt, "bad SCAFFOLD server variate");
       ci.resize(scaffold_.size());
       for (auto& v : ci)
         if (!vec(d, v, false)) return bad(Errc::corrupt, "bad SCAFFOLD client variate");
@@ -659,14 +663,15 @@ public:
       if (!vec(hetero_ ? class_params_[fleet_[c].profile] : d, res[c], false))
         return bad(Errc::corrupt, "bad error-feedback residual of client " + std::to_string(c));
     if (r.remaining() != 0) return bad(Errc::corrupt, std::to_string(r.remaining()) + " trailing bytes");
+    // the strategy last: it checks its own bytes and changes nothing on error
+    ByteReader sr(state_bytes, static_cast<std::size_t>(state_len));
+    if (auto ok = bundle_.strategy->load_state(sr, d); !ok) return bad(Errc::corrupt, ok.error().message);
     // all checked: commit
     model_.params() = params;
     model_.buffers() = buffers;
     participations_ = std::move(parts);
-    if (has_scaffold) {
-      bundle_.scaffold->restore_control(std::move(server_c));
-      for (std::size_t i = 0; i < ci.size(); ++i) scaffold_[i].restore(std::move(ci[i]));
-    }
+    for (std::size_t i = 0; i < ci.size(); ++i) scaffold_[i].restore(std::move(ci[i]));
+    if (oort) oort_ = std::move(oort);
     for (std::size_t i = 0; i < res.size(); ++i) feedback_[i].residual() = std::move(res[i]);
     round_ = static_cast<long>(round);
     completed_ = static_cast<long>(completed);
@@ -929,7 +934,7 @@ public:
   std::vector<fl::ErrorFeedback<S>> feedback_;
   std::optional<fl::OortSelector> oort_;
   static constexpr char ckpt_magic[8] = {'F', 'D', 'L', 'S', 'I', 'M', 'C', 'K'};
-  static constexpr std::uint32_t ckpt_version = 2;  // 2: run totals; round streams under their own tag
+  static constexpr std::uint32_t ckpt_version = 3;  // 2: run totals; round streams under their own tag; 3: strategy and Oort state
   static constexpr std::uint64_t round_stream_tag = 0x524F554E44;  // "ROUND"
   std::function<void(long, Index, Index)> on_client_;
   long round_ = 0, completed_ = 0, abandoned_ = 0;
