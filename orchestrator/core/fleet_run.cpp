@@ -12,6 +12,7 @@
 #include "fleetdl/data/dataset.hpp"
 #include "fleetdl/fl/codec.hpp"
 #include "fleetdl/fl/dp.hpp"
+#include "fleetdl/fl/fedbuff.hpp"
 #include "fleetdl/fl/selection.hpp"
 #include "fleetdl/io/fdl.hpp"
 #include "fleetdl/micro/blob.hpp"
@@ -270,7 +271,7 @@ class Engine : public FleetHost {
     auto run = store_->create_run(RunKind::train, config_text, cfg_.fl.seed, unix_ms_now());
     if (!run) return std::move(run).error();
     run_ = *run;
-    log("run " + std::to_string(run_) + ": " + bundle_.strategy->name() + " on " + cfg_.fl.model + ", " +
+    log("run " + std::to_string(run_) + ": " + strategy_name() + " on " + cfg_.fl.model + ", " +
         std::to_string(cfg_.fl.clients) + " devices, " + std::to_string(cfg_.fl.sim.rounds) + " rounds");
     event("run_started", "run " + std::to_string(run_) + " started");
     auto r = record_assignments();
@@ -336,9 +337,18 @@ class Engine : public FleetHost {
     if (!model) return std::move(model).error();
     model_ = std::move(*model);
     model_.init(Rng(cfg_.fl.seed).fork(0x1417).next_u64());  // as `fl simulate`
-    auto bundle = sim::make_strategy<float>(cfg_.fl, &model_);
-    if (!bundle) return std::move(bundle).error();
-    bundle_ = std::move(*bundle);
+    if (cfg_.fl.strategy.name == "fedbuff") {  // asynchronous: not a fl::Strategy
+      fl::FedBuffOptions fo;
+      fo.buffer_size = cfg_.fl.strategy.buffer_size;
+      fo.server_learning_rate = cfg_.fl.strategy.server_learning_rate;
+      fo.max_staleness = static_cast<long>(cfg_.fl.strategy.max_staleness);
+      fo.client = cfg_.fl.client;
+      fedbuff_.emplace(fo);
+    } else {
+      auto bundle = sim::make_strategy<float>(cfg_.fl, &model_);
+      if (!bundle) return std::move(bundle).error();
+      bundle_ = std::move(*bundle);
+    }
     pool_.emplace(std::max(1, o_.threads));
     demand_ = compute_demand();
     if (bundle_.heterofl) FLEETDL_TRY(prepare_widths());
@@ -546,8 +556,262 @@ class Engine : public FleetHost {
   Result<void> drive(std::int64_t from, bool resumed) {
     if (resumed) FLEETDL_TRY(gather_resumed());
     FLEETDL_TRY(assign());
+    if (fedbuff_) return drive_async(from);
     for (std::int64_t r = from; r <= cfg_.fl.sim.rounds; ++r) FLEETDL_TRY(round(r));
     return success();
+  }
+
+  /// FedBuff (Nguyen et al. 2022) on the fleet: up to clients_per_round
+  /// devices (all, by default) train at once, each on the newest model when
+  /// it is handed a task; a finished device gets its next task at once. Each
+  /// update is weighted by its staleness (versions since its task was sent;
+  /// over max_staleness it is dropped) and buffered, and every buffer_size
+  /// accepted updates make one server step, committed as one round. A
+  /// round's cost row for a device sums what it received and sent while that
+  /// round's buffer filled. A round whose buffer does not fill within
+  /// round_deadline_seconds is recorded as abandoned (the buffer carries
+  /// over); a task older than the deadline makes its device a straggler.
+  Result<void> drive_async(std::int64_t from) {
+    struct Task {
+      Index shard = 0;
+      long version = 0;  // FedBuff's version when the task was sent
+      std::int64_t round = 0;
+      std::uint32_t id = 0;  // the binding's round field: one update per task (the replay guard allows one per round)
+      Clock::time_point sent;
+      bool overdue = false;  // past the deadline (its update still counts, weighted by staleness)
+    };
+    std::map<std::int64_t, Task> busy;  // by device
+    const Index shards = static_cast<Index>(shard_device_.size());
+    const Index concurrency = cfg_.fl.sim.clients_per_round > 0 ? cfg_.fl.sim.clients_per_round : shards;
+    const auto deadline = std::chrono::duration<double>(cfg_.fleet.round_deadline_seconds);
+    const auto deadline_ms = static_cast<std::uint32_t>(std::min(4.0e9, cfg_.fleet.round_deadline_seconds * 1000.0));
+    const Vector<float> zero = Vector<float>::Zero(model_.param_count());
+    const Vector<float> no_c;
+    std::uint64_t dispatched = 0;
+    std::uint32_t task_id = 0;  // this process's tasks: 1, 2, ...
+    for (std::int64_t r = from; r <= cfg_.fl.sim.rounds; ++r) {
+      const auto t0 = Clock::now();
+      RoundRecord rec;
+      rec.run = run_;
+      rec.round = r;
+      rec.started_at = unix_ms_now();
+      Rng rr = Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r));
+      std::map<std::int64_t, DeviceCost> costs;  // by device
+      std::map<std::int64_t, int> contributed;  // accepted updates by device
+      auto cost = [&](std::int64_t d) -> DeviceCost& {
+        auto it = costs.find(d);
+        if (it == costs.end()) {
+          DeviceCost c;
+          c.device = d;
+          c.budget_bytes = budget(d);
+          it = costs.emplace(d, c).first;
+        }
+        return it->second;
+      };
+      double loss_sum = 0, loss_weight = 0;
+      Index accepted = 0, stale = 0;
+      bool stepped = false;
+      while (!stepped) {
+        // hand tasks to free, connected devices (uniformly, from this round's stream)
+        const auto conn = server_->connected();
+        std::vector<Index> free;
+        for (Index sh = 0; sh < shards; ++sh) {
+          const auto d = shard_device_[static_cast<std::size_t>(sh)];
+          if (!busy.count(d) && std::binary_search(conn.begin(), conn.end(), d)) free.push_back(sh);
+        }
+        const Index want = std::min<Index>(concurrency - static_cast<Index>(busy.size()), static_cast<Index>(free.size()));
+        if (want > 0) {
+          Rng pick = rr.fork(1).fork(dispatched);
+          for (const Index sh : fl::select_uniform(free, want, pick)) {
+            const auto d = shard_device_[static_cast<std::size_t>(sh)];
+            const fl::ClientInstruction ins{sh, cfg_.fl.client};
+            auto tr = make_train_round(ins, rr.fork(3).fork(static_cast<std::uint64_t>(sh)).fork(dispatched).next_u64(),
+                                       model_.params(), no_c, deadline_ms);
+            if (!tr) return std::move(tr).error();
+            ++dispatched;
+            const std::uint32_t id = ++task_id;
+            auto sent = server_->send(d, *tr, wire::Binding{0, static_cast<std::uint64_t>(run_), id, 0});
+            auto& c = cost(d);
+            if (!sent) {
+              c.status = CostStatus::dropped;
+              continue;
+            }
+            c.bytes_down += static_cast<std::int64_t>(*sent);
+            busy[d] = Task{sh, fedbuff_->version(), r, id, Clock::now()};
+          }
+        }
+        // the round's deadline, or the oldest task's
+        auto until = t0 + std::chrono::duration_cast<Clock::duration>(deadline);
+        for (const auto& [d, t] : busy)
+          if (!t.overdue) until = std::min(until, t.sent + std::chrono::duration_cast<Clock::duration>(deadline));
+        auto ev = server_->next(until);
+        if (!ev) {
+          const auto now = Clock::now();
+          for (auto& [d, t] : busy)
+            if (!t.overdue && now - t.sent >= deadline) {
+              // still busy: its update counts when it comes, weighted by its staleness
+              t.overdue = true;
+              if (!contributed.count(d)) cost(d).status = CostStatus::straggler;
+              event("straggler", "device " + name(d) + " did not finish task " + std::to_string(t.id) + " (sent in round " +
+                                     std::to_string(t.round) + ") within " + num(cfg_.fleet.round_deadline_seconds) + " s",
+                    d);
+            }
+          if (now - t0 >= deadline) break;
+          continue;
+        }
+        if (ev->kind == Inbound::Kind::closed) {
+          if (busy.erase(ev->device)) {
+            cost(ev->device).status = CostStatus::dropped;
+            event("dropped", "device " + name(ev->device) + " dropped out during round " + std::to_string(r) + ": " + ev->reason,
+                  ev->device);
+          }
+          continue;
+        }
+        if (ev->kind != Inbound::Kind::message) continue;
+        auto it = busy.find(ev->device);
+        if (std::holds_alternative<wire::AssignResult>(ev->message) && it != busy.end() &&
+            !std::get<wire::AssignResult>(ev->message).accepted) {
+          const auto& ar = std::get<wire::AssignResult>(ev->message);
+          cost(ev->device).status = CostStatus::rejected;
+          event("refused", "device " + name(ev->device) + " refused its task: " + ar.reason_text, ev->device);
+          busy.erase(it);
+          continue;
+        }
+        if (!std::holds_alternative<wire::Update>(ev->message)) continue;
+        if (ev->header.binding.run != static_cast<std::uint64_t>(run_) || it == busy.end() ||
+            ev->header.binding.round != it->second.id) {
+          event("late", "device " + name(ev->device) + " sent an update for task " +
+                            std::to_string(ev->header.binding.round) + ", which is not its task; ignored",
+                ev->device);
+          continue;
+        }
+        const Task task = it->second;
+        busy.erase(it);
+        const auto& u = std::get<wire::Update>(ev->message);
+        auto& c = cost(ev->device);
+        c.bytes_up += static_cast<std::int64_t>(ev->frame_bytes);
+        c.compute_ms += u.compute_ms;
+        c.peak_memory_bytes = std::max<std::int64_t>(c.peak_memory_bytes, static_cast<std::int64_t>(u.peak_memory_bytes));
+        auto cu = to_update(u, task.shard, zero, 0);  // zero base: params hold the device's delta
+        if (!cu) {
+          c.status = CostStatus::rejected;
+          event("rejected", "device " + name(ev->device) + ": round " + std::to_string(r) + ": " + cu.error().message,
+                ev->device);
+          continue;
+        }
+        cu->base_round = task.version;
+        const long dropped_before = fedbuff_->dropped();
+        auto step = fedbuff_->submit_delta(VectorMap<float>(model_.params().data(), model_.param_count()), *cu);
+        if (!step) {
+          c.status = CostStatus::rejected;
+          event("rejected", "device " + name(ev->device) + ": round " + std::to_string(r) + ": " + step.error().message,
+                ev->device);
+          continue;
+        }
+        if (fedbuff_->dropped() > dropped_before) {  // older than max_staleness
+          ++stale;
+          if (!contributed.count(ev->device)) c.status = CostStatus::straggler;  // (stale)
+          event("stale", "device " + name(ev->device) + ": update of version " + std::to_string(task.version) +
+                             " is " + std::to_string(fedbuff_->version() - task.version) + " versions old; dropped",
+                ev->device);
+          continue;
+        }
+        ++accepted;
+        ++contributed[ev->device];
+        c.status = CostStatus::ok;
+        c.examples += u.example_count;
+        loss_sum += u.loss * u.example_count;
+        loss_weight += u.example_count;
+        stepped = *step;
+      }
+
+      rec.selected = static_cast<std::int64_t>(costs.size());
+      rec.completed = static_cast<std::int64_t>(accepted);
+      rec.round_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (loss_weight > 0) rec.train_loss = loss_sum / loss_weight;
+      std::vector<DeviceCost> rows;
+      const sim::DeviceProfile p;
+      const double macs = demand().macs;
+      for (auto& [d, c] : costs) {
+        const auto ct = contributed.find(d);
+        const double trained = ct == contributed.end() ? 0.0 : static_cast<double>(ct->second);
+        c.energy_joules = trained * macs * p.energy_per_mac_joules +
+                          static_cast<double>(c.bytes_up + c.bytes_down) * p.energy_per_byte_joules;
+        rec.bytes_up += c.bytes_up;
+        rec.bytes_down += c.bytes_down;
+        rows.push_back(c);
+      }
+      rec.finished_at = unix_ms_now();
+      if (stepped) {
+        if (r % cfg_.fl.sim.eval_every == 0 || r == cfg_.fl.sim.rounds) {
+          const auto ev = nn::evaluate(model_, test_.images, test_.labels, cfg_.fl.sim.eval_batch, &*pool_);
+          rec.test_accuracy = ev.accuracy;
+          rec.test_loss = ev.loss;
+        }
+        Checkpoint ck;
+        ck.parameters = float_bytes(model_.params());
+        ck.state = server_state();
+        auto ok = store_->commit_round(rec, rows, ck);
+        if (!ok) return std::move(ok).error();
+      } else {
+        for (auto& c : rows)
+          if (c.status == CostStatus::ok) c.status = CostStatus::abandoned;
+        rec.status = RoundStatus::abandoned;
+        auto ok = store_->abandon_round(rec, rows);
+        if (!ok) return std::move(ok).error();
+        event("abandoned", "round " + std::to_string(r) + ": " + std::to_string(fedbuff_->buffered()) + " of " +
+                               std::to_string(cfg_.fl.strategy.buffer_size) + " buffered updates within the deadline");
+      }
+      log("round " + std::to_string(r) + "/" + std::to_string(cfg_.fl.sim.rounds) + " " +
+          (stepped ? "committed" : "abandoned") + ": version " + std::to_string(fedbuff_->version()) + ", " +
+          std::to_string(accepted) + " updates buffered, " + std::to_string(stale) + " stale" +
+          (rec.test_accuracy ? ", accuracy " + num(*rec.test_accuracy) : std::string()) + ", up " +
+          std::to_string(rec.bytes_up) + " B, down " + std::to_string(rec.bytes_down) + " B, " + num(rec.round_seconds) + " s");
+      if (o_.on_round) o_.on_round(rec);
+      if (o_.after_commit) o_.after_commit(r);
+    }
+    return success();
+  }
+
+  std::string strategy_name() const { return fedbuff_ ? fedbuff_->name() : bundle_.strategy->name(); }
+
+  /// The train_round for one device: its config, the global parameters (its
+  /// HeteroFL share) and SCAFFOLD's c. `seed` is the device's training seed.
+  Result<wire::TrainRound> make_train_round(const fl::ClientInstruction& ins, std::uint64_t seed, const Vector<float>& global,
+                                            const Vector<float>& server_c, std::uint32_t deadline_ms) {
+    wire::TrainRound tr;
+    auto& c = tr.config;
+    c.local_epochs = static_cast<std::uint32_t>(ins.config.epochs);
+    c.batch_size = static_cast<std::uint32_t>(ins.config.batch);
+    c.learning_rate = static_cast<float>(ins.config.lr);
+    c.momentum = static_cast<float>(ins.config.momentum);
+    c.weight_decay = static_cast<float>(ins.config.weight_decay);
+    c.proximal_mu = static_cast<float>(ins.config.prox_mu);
+    c.flags = static_cast<std::uint8_t>((ins.config.scaffold && bundle_.scaffold ? wire::round_flag::scaffold : 0) |
+                                        (bundle_.needs_loss_before ? wire::round_flag::loss_before : 0));
+    c.codec = codec_id(cfg_.fl.sim.codec);
+    c.deadline_ms = deadline_ms;
+    c.seed = seed;
+    c.partition_spec = partition_spec_json(cfg_.fl.partition);
+    c.shard_index = static_cast<std::uint32_t>(ins.client);
+    c.shard_count = static_cast<std::uint32_t>(shard_device_.size());
+    c.partition_seed = cfg_.fl.seed;
+    c.train_limit = cfg_.fl.train_limit > 0 ? static_cast<std::uint32_t>(cfg_.fl.train_limit) : 0;
+    c.topk_fraction = static_cast<float>(cfg_.fl.sim.topk_fraction);
+    if (cfg_.fl.sim.local_dp.enabled) {
+      c.dp_clip = static_cast<float>(cfg_.fl.sim.local_dp.clipping_norm);
+      c.dp_noise_multiplier = static_cast<float>(cfg_.fl.sim.local_dp.noise_multiplier);
+    }
+    if (shard_width(ins.client) < 1.0) {  // HeteroFL: the device's share of the global model
+      auto sub = hetero_->extract(ConstVectorMap<float>(global.data(), global.size()), shard_width(ins.client));
+      if (!sub) return std::move(sub).error();
+      tr.parameters.assign(sub->data(), sub->data() + sub->size());
+      sub_global_[ins.client] = std::move(*sub);
+    } else {
+      tr.parameters.assign(global.data(), global.data() + global.size());
+    }
+    if (c.scaffold()) tr.server_control.assign(server_c.data(), server_c.data() + server_c.size());
+    return tr;
   }
 
   Result<void> round(std::int64_t r) {
@@ -621,39 +885,10 @@ class Engine : public FleetHost {
       s.device = shard_device_.at(static_cast<std::size_t>(ins.client));
       s.cost.device = s.device;
       s.cost.budget_bytes = budget(s.device);
-      wire::TrainRound tr;
-      auto& c = tr.config;
-      c.local_epochs = static_cast<std::uint32_t>(ins.config.epochs);
-      c.batch_size = static_cast<std::uint32_t>(ins.config.batch);
-      c.learning_rate = static_cast<float>(ins.config.lr);
-      c.momentum = static_cast<float>(ins.config.momentum);
-      c.weight_decay = static_cast<float>(ins.config.weight_decay);
-      c.proximal_mu = static_cast<float>(ins.config.prox_mu);
-      c.flags = static_cast<std::uint8_t>((ins.config.scaffold && bundle_.scaffold ? wire::round_flag::scaffold : 0) |
-                                          (bundle_.needs_loss_before ? wire::round_flag::loss_before : 0));
-      c.codec = codec_id(cfg_.fl.sim.codec);
-      c.deadline_ms = deadline_ms;
-      c.seed = rr.fork(3).fork(static_cast<std::uint64_t>(ins.client)).next_u64();
-      c.partition_spec = partition_spec_json(cfg_.fl.partition);
-      c.shard_index = static_cast<std::uint32_t>(ins.client);
-      c.shard_count = static_cast<std::uint32_t>(shard_device_.size());
-      c.partition_seed = cfg_.fl.seed;
-      c.train_limit = cfg_.fl.train_limit > 0 ? static_cast<std::uint32_t>(cfg_.fl.train_limit) : 0;
-      c.topk_fraction = static_cast<float>(cfg_.fl.sim.topk_fraction);
-      if (cfg_.fl.sim.local_dp.enabled) {
-        c.dp_clip = static_cast<float>(cfg_.fl.sim.local_dp.clipping_norm);
-        c.dp_noise_multiplier = static_cast<float>(cfg_.fl.sim.local_dp.noise_multiplier);
-      }
-      if (shard_width(ins.client) < 1.0) {  // HeteroFL: the device's share of the global model
-        auto sub = hetero_->extract(ConstVectorMap<float>(global.data(), global.size()), shard_width(ins.client));
-        if (!sub) return std::move(sub).error();
-        tr.parameters.assign(sub->data(), sub->data() + sub->size());
-        sub_global_[ins.client] = std::move(*sub);
-      } else {
-        tr.parameters.assign(global.data(), global.data() + global.size());
-      }
-      if (c.scaffold()) tr.server_control.assign(server_c.data(), server_c.data() + server_c.size());
-      auto sent = server_->send(s.device, tr, wire::Binding{0, static_cast<std::uint64_t>(run_), static_cast<std::uint32_t>(r), 0});
+      auto tr = make_train_round(ins, rr.fork(3).fork(static_cast<std::uint64_t>(ins.client)).next_u64(), global,
+                                 server_c, deadline_ms);
+      if (!tr) return std::move(tr).error();
+      auto sent = server_->send(s.device, *tr, wire::Binding{0, static_cast<std::uint64_t>(run_), static_cast<std::uint32_t>(r), 0});
       if (sent) {
         s.cost.bytes_down = static_cast<std::int64_t>(*sent);
       } else {
@@ -877,6 +1112,10 @@ class Engine : public FleetHost {
   /// (fl::OortSelector::save_state) come first.
   Blob server_state() const {
     ByteWriter w;
+    if (fedbuff_) {  // FedBuff: its version, counters and buffer (fl::FedBuff::save_state)
+      fedbuff_->save_state(w);
+      return std::move(w).bytes();
+    }
     if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort)
       (oort_ ? *oort_ : fl::OortSelector(cfg_.fl.sim.oort)).save_state(w);
     bundle_.strategy->save_state(w);
@@ -890,6 +1129,10 @@ class Engine : public FleetHost {
       return make_error(Errc::corrupt, "server state of the checkpoint of round " + std::to_string(round) + ": " + why);
     };
     ByteReader r(b.data(), b.size());
+    if (fedbuff_) {
+      if (auto ok = fedbuff_->load_state(r, model_.param_count()); !ok) return bad(ok.error().message);
+      return success();
+    }
     std::optional<fl::OortSelector> oort;
     if (cfg_.fl.sim.selection == sim::SelectionPolicy::oort) {
       oort.emplace(cfg_.fl.sim.oort);
@@ -927,6 +1170,7 @@ class Engine : public FleetHost {
   std::optional<ThreadPool> pool_;
   partition::ModuleDemand demand_;
   std::optional<fl::OortSelector> oort_;
+  std::optional<fl::FedBuff<float>> fedbuff_;  ///< the strategy, when it is FedBuff (asynchronous)
   fl::HeteroFL<float>* hetero_ = nullptr;  ///< the strategy, when it is HeteroFL
   std::vector<Width> widths_;              ///< HeteroFL: widest first
   std::vector<double> shard_width_;        ///< HeteroFL: per shard
@@ -1413,7 +1657,9 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
     return make_error(Errc::unsupported, path + ": " + key + ": " + why);
   };
   const auto& s = c.fl.strategy.name;
-  if (s == "fedbuff") return unsupported("strategy.name", "'fedbuff' (asynchronous rounds) is not supported on a fleet yet");
+  if (s == "fedbuff" && c.fl.dp.mode != "none")
+    return unsupported("dp.mode", "DP is not supported with fedbuff on a fleet (a device may release several updates "
+                                  "in one round, which the per-round accounting does not count)");
   if (c.fl.sim.attack.kind != sim::AttackKind::none) return unsupported("attack", "attacks exist only in `fl simulate`");
   if (!c.fl.profiles.empty())
     return unsupported("profiles", "a fleet's devices report their own capabilities (give profiles to `fleet up`)");

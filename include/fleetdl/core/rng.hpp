@@ -121,7 +121,7 @@ class Rng {
   bool set_state(const RngState& st) {
     if ((st.s[0] | st.s[1] | st.s[2] | st.s[3]) == 0 || !std::isfinite(st.spare)) return false;
     for (int i = 0; i < 4; ++i) s_[i] = st.s[i];
-    spare_ = st.has_spare ? st.spare : 0.0;
+    spare_ = st.spare;
     has_spare_ = st.has_spare;
     return true;
   }

@@ -167,7 +167,7 @@ class FedAvgM : public FedAvg<S> {
       return success();
     }
     Vector<S> m;
-    if (r.remaining() != static_cast<std::size_t>(dim) * sizeof(S) || !detail::read_state_vector(r, dim, m))
+    if (!detail::read_state_vector(r, dim, m) || !r.at_end())
       return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
                                            " bytes are not a momentum buffer of " + std::to_string(dim) +
                                            " finite values");

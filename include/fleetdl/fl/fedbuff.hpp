@@ -89,6 +89,40 @@ class FedBuff {
   Index buffered() const { return count_; }   ///< updates waiting in the buffer
   long dropped() const { return dropped_; }   ///< updates discarded as too stale
   long accepted() const { return accepted_; } ///< updates added to a buffer
+  /// For a checkpoint: version, dropped and accepted counts (u64 each), the
+  /// buffered count (u64), then the accumulator (dim f64) when it is not
+  /// empty. Little-endian.
+  void save_state(ByteWriter& w) const {
+    w.u64(static_cast<std::uint64_t>(version_));
+    w.u64(static_cast<std::uint64_t>(dropped_));
+    w.u64(static_cast<std::uint64_t>(accepted_));
+    w.u64(static_cast<std::uint64_t>(count_));
+    if (count_ > 0) detail::write_state_vector(w, acc_);
+  }
+
+  /// Continue from save_state()'s bytes for a model of `dim` parameters; the
+  /// stream must end there. Untrusted: counts are bounded and consistent,
+  /// the accumulator finite; on error nothing changes.
+  Result<void> load_state(ByteReader& r, Index dim) {
+    const auto bad = [](const std::string& why) { return make_error(Errc::corrupt, "fedbuff: state: " + why); };
+    std::uint64_t version = 0, dropped = 0, accepted = 0, count = 0;
+    if (!r.u64(version) || !r.u64(dropped) || !r.u64(accepted) || !r.u64(count)) return bad("truncated");
+    constexpr std::uint64_t limit = std::uint64_t{1} << 40;
+    if (version > limit || dropped > limit || accepted > limit) return bad("a counter is out of range");
+    if (count >= static_cast<std::uint64_t>(o_.buffer_size) || count > accepted)
+      return bad(std::to_string(count) + " buffered updates (buffer_size " + std::to_string(o_.buffer_size) + ", " +
+                 std::to_string(accepted) + " accepted)");
+    Vector<double> acc;
+    if (count > 0 && !detail::read_state_vector(r, dim, acc)) return bad("the buffer is truncated or not finite");
+    if (!r.at_end()) return bad(std::to_string(r.remaining()) + " trailing bytes");
+    acc_ = std::move(acc);
+    count_ = static_cast<Index>(count);
+    version_ = static_cast<long>(version);
+    dropped_ = static_cast<long>(dropped);
+    accepted_ = static_cast<long>(accepted);
+    return success();
+  }
+
   /// Start over: version 0, empty buffer, counters zero.
   void reset() {
     acc_.resize(0);

@@ -150,9 +150,11 @@ class FedOpt : public FedAvg<S> {
     detail::write_state_vector(w, v_);
   }
   Result<void> load_state(ByteReader& r, Index dim) override {
-    const std::size_t full = 2 * static_cast<std::size_t>(dim) * sizeof(S);
     std::uint64_t steps = 0;
     const auto bad = [&](const std::string& why) { return make_error(Errc::corrupt, name() + ": state: " + why); };
+    if (dim < 0 || static_cast<std::size_t>(dim) > (std::size_t{1} << 40))
+      return bad("model size " + std::to_string(dim));
+    const std::size_t full = 2 * static_cast<std::size_t>(dim) * sizeof(S);
     if (!r.u64(steps)) return bad("no step count");
     if (steps > (std::uint64_t{1} << 40)) return bad("step count " + std::to_string(steps));
     if (r.remaining() != 0 && r.remaining() != full)

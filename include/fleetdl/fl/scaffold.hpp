@@ -189,7 +189,7 @@ class Scaffold : public FedAvg<S> {
       return success();
     }
     Vector<S> c;
-    if (r.remaining() != static_cast<std::size_t>(dim) * sizeof(S) || !detail::read_state_vector(r, dim, c))
+    if (!detail::read_state_vector(r, dim, c) || !r.at_end())
       return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
                                            " bytes are not a control variate of " + std::to_string(dim) +
                                            " finite values");

@@ -109,7 +109,7 @@ void write_state_vector(ByteWriter& w, const Vector<S>& v) {
 /// bytes remain or a value is NaN or infinite.
 template <class S>
 bool read_state_vector(ByteReader& r, Index dim, Vector<S>& v) {
-  if (dim < 0) return false;
+  if (dim < 0 || static_cast<std::size_t>(dim) > r.remaining() / sizeof(S)) return false;
   const std::size_t n = static_cast<std::size_t>(dim) * sizeof(S);
   const std::uint8_t* p = r.take(n);
   if (!p) return false;

@@ -41,7 +41,7 @@ namespace fleetdl::sim {
 
 inline constexpr std::string_view strategy_names[] = {
     "fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold", "fednova",
-    "qfedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "heterofl"};
+    "qfedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "heterofl", "fedbuff"};
 
 struct PartitionSpec {
   std::string kind = "iid";  ///< iid | dirichlet | shards | k_labels
@@ -62,6 +62,8 @@ struct StrategySpec {
   Index f = 0;                        ///< robust rules: expected Byzantine clients
   Index m = 1;                        ///< multikrum: models averaged
   double beta = 0.2;                  ///< fedtrimmedavg
+  Index buffer_size = 10;             ///< fedbuff: K updates per server step
+  Index max_staleness = 5;            ///< fedbuff: older updates are dropped
 };
 
 struct DpSpec {
@@ -302,8 +304,12 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
     FLEETDL_CFG(c.strategy.name, o->string("name", "", true, names));
     auto& s = c.strategy;
     const std::string& n = s.name;
-    if (n == "fedavgm" || n == "scaffold")
+    if (n == "fedavgm" || n == "scaffold" || n == "fedbuff")
       FLEETDL_CFG(s.server_learning_rate, o->number("server_learning_rate", 1.0, false, positive));
+    if (n == "fedbuff") {
+      FLEETDL_CFG(s.buffer_size, o->integer("buffer_size", 10, false, 1, 1 << 20));
+      FLEETDL_CFG(s.max_staleness, o->integer("max_staleness", 5, false, 0, 1 << 20));
+    }
     if (n == "fedavgm") FLEETDL_CFG(s.server_momentum, o->number("server_momentum", 0.0, false, unit_open_right));
     if (n == "fedprox") FLEETDL_CFG(s.proximal_mu, o->number("proximal_mu", 0.01, false, nonneg));
     if (n == "fedadam" || n == "fedyogi" || n == "fedadagrad") {
@@ -464,6 +470,11 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
     return bad("dp.mode", "central DP is not supported around heterofl (sub-model updates differ in size)");
   if (c.dp.mode == "local" && s == "scaffold")
     return bad("dp.mode", "local DP is not supported with scaffold (the control-variate delta would reveal the unprivatized update)");
+  if (s == "fedbuff" && (c.dp.mode == "fixed" || c.dp.mode == "adaptive"))
+    return bad("dp.mode", "central DP is not supported with fedbuff (it has no synchronous aggregate to wrap; use local DP)");
+  if (s == "fedbuff" && c.sim.selection != SelectionPolicy::uniform)
+    return bad("selection.policy", "fedbuff hands each free device the next task; the deadline, overcommit and oort "
+                                   "policies choose synchronous rounds");
   if (c.dp.mode == "fixed" || c.dp.mode == "adaptive") {
     if (s == "scaffold") return bad("dp.mode", "central DP is not supported around scaffold (its control variates are not clipped)");
   }
@@ -557,6 +568,9 @@ Result<StrategyBundle<S>> make_strategy(const SimConfig& c, const nn::Model<S>* 
     if (!h) return make_error(h.error().code, "strategy.name: heterofl: " + h.error().message);
     st = std::make_unique<fl::HeteroFL<S>>(std::move(*h));
     b.heterofl = true;
+  } else if (s.name == "fedbuff") {
+    return make_error(Errc::unsupported, "strategy.name: fedbuff is asynchronous (no rounds): it runs on a fleet "
+                                         "(`fleetdl fleet run`); the simulator runs synchronous rounds");
   } else {
     return make_error(Errc::invalid_argument, "strategy.name: unknown strategy '" + s.name + "'");
   }
