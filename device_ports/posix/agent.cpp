@@ -949,6 +949,7 @@ struct Agent::Impl {
   std::unique_ptr<core::Announcer> announcer;
   std::uint32_t heartbeat_ms = 1000;
   bool job_running = false;
+  std::uint32_t infer_requests = 0;  ///< inference requests received (the dropout draws)
   bool stopping = false;
 
   Impl(asio::io_context& i, AgentOptions o, Capabilities c, LogFn l, StateDir s, SeqCounter q)
@@ -1306,6 +1307,11 @@ struct Agent::Impl {
   }
 
   void handle(const std::shared_ptr<Conn>& c, const wire::InferRequest& r, std::uint32_t round) {
+    ++infer_requests;
+    if (drops_in_round(opt.seed, kInferDrawBase + (infer_requests & 0x7FFFFFFFu), opt.dropout)) {
+      say("dropout: dropping the connection at inference request " + std::to_string(infer_requests));
+      return lost(c, wire::CloseReason::normal, "dropout at inference request " + std::to_string(infer_requests));
+    }
     auto req = std::make_shared<wire::InferRequest>(r);
     run_job(c, [this, req]() -> wire::Message {
       auto out = worker.infer(*req);

@@ -65,7 +65,7 @@ struct AgentOptions {
   std::uint64_t seed = 1;
   double slowdown = 1.0;              ///< >= 1
   double bandwidth = 0;               ///< bytes/s cap on sends, 0 = none
-  double dropout = 0;                 ///< per-round probability in [0, 1]
+  double dropout = 0;                 ///< per train_round (and per infer request) probability in [0, 1]
   unsigned cores = 0;                 ///< 0 = std::thread::hardware_concurrency
   long exit_after_runs = 0;           ///< 0 = never
   std::string log_file;               ///< empty = stderr
@@ -288,6 +288,8 @@ class Agent {
 };
 
 /// Whether a dropout happens in `round`: a draw from Rng(seed).fork(round).
+/// Inference requests draw with round = kInferDrawBase + their count (1, 2, ...).
 bool drops_in_round(std::uint64_t seed, std::uint32_t round, double p);
+inline constexpr std::uint32_t kInferDrawBase = 0x80000000u;
 
 }  // namespace fleetdl::agent

@@ -424,7 +424,8 @@ int cmd_fleet_infer(int argc, char** argv) {
           << ",\"request_bytes_down\":" << d.request_bytes_down << ",\"images\":" << d.images
           << ",\"bytes_up_per_image\":" << json::number(per_image(d.bytes_up, d.images))
           << ",\"feature_bytes_per_image\":" << d.features * 4 << ",\"compute_ms\":" << json::number(d.compute_ms)
-          << ",\"peak_memory_bytes\":" << d.peak_memory_bytes << ",\"budget_bytes\":" << d.budget_bytes << "}";
+          << ",\"peak_memory_bytes\":" << d.peak_memory_bytes << ",\"budget_bytes\":" << d.budget_bytes
+          << ",\"lost\":" << (d.lost ? "true" : "false") << "}";
     }
     out << "]}";
     std::printf("%s\n", out.str().c_str());
@@ -437,10 +438,10 @@ int cmd_fleet_infer(int argc, char** argv) {
     std::printf("%-16s %-20s %8s %12s %12s %14s %10s %12s %12s\n", "device", "module", "features", "bytes down",
                 "bytes up", "up B/image", "compute ms", "peak B", "budget B");
     for (const auto& d : r->devices)
-      std::printf("%-16s %-20s %8ld %12lld %12lld %14.1f %10.1f %12lld %12lld\n", d.name.c_str(), d.module.c_str(),
+      std::printf("%-16s %-20s %8ld %12lld %12lld %14.1f %10.1f %12lld %12lld%s\n", d.name.c_str(), d.module.c_str(),
                   d.features, static_cast<long long>(d.bytes_down), static_cast<long long>(d.bytes_up),
                   per_image(d.bytes_up, d.images), d.compute_ms, static_cast<long long>(d.peak_memory_bytes),
-                  static_cast<long long>(d.budget_bytes));
+                  static_cast<long long>(d.budget_bytes), d.lost ? "  (lost mid-run)" : "");
   }
   return 0;
 }

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -1470,10 +1471,17 @@ class InferEngine : public FleetHost {
     return success();
   }
 
-  /// Wait for module i's answer to request_id, n images; store its values.
-  /// Returns the module that answered.
-  Result<std::size_t> receive(const std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>>& outstanding,
-                              Clock::time_point until) {
+  /// What receive() got: module i answered (values stored), or module i was
+  /// lost (disconnected or reported a failure; `why` says which).
+  struct Received {
+    std::size_t i = 0;
+    bool lost = false;
+    std::string why;
+  };
+
+  /// Wait for an outstanding module's answer and store its values.
+  Result<Received> receive(const std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>>& outstanding,
+                           Clock::time_point until) {
     for (;;) {
       auto ev = server_->next(until);
       if (!ev) return make_error(Errc::io_error, "no answer within " + num(o_.request_timeout_seconds) +
@@ -1483,11 +1491,11 @@ class InferEngine : public FleetHost {
       const auto [i, id] = it->second;
       auto& m = mods_[i];
       if (ev->kind == Inbound::Kind::closed)
-        return make_error(Errc::io_error, "device " + name(ev->device) + " (" + m.name + ") disconnected during inference (" +
-                                              ev->reason + ")");
+        return Received{i, true, "device " + name(ev->device) + " (" + m.name + ") disconnected during inference (" +
+                                     ev->reason + ")"};
       if (ev->kind != Inbound::Kind::message) continue;
       if (const auto* e = std::get_if<wire::ErrorNotice>(&ev->message))
-        return make_error(Errc::io_error, "device " + name(ev->device) + " (" + m.name + ") failed: " + e->message);
+        return Received{i, true, "device " + name(ev->device) + " (" + m.name + ") failed: " + e->message};
       const auto* r = std::get_if<wire::InferResponse>(&ev->message);
       if (!r || r->request_id != id) continue;
       m.cost.bytes_up += static_cast<std::int64_t>(ev->frame_bytes);
@@ -1505,7 +1513,7 @@ class InferEngine : public FleetHost {
       for (Index j = 0; j < n; ++j)
         for (Index f = 0; f < m.features; ++f)
           out_(m.row + f, first + j) = r->values[static_cast<std::size_t>(j * m.features + f)];
-      return i;
+      return Received{i, false, {}};
     }
   }
 
@@ -1523,9 +1531,11 @@ class InferEngine : public FleetHost {
       }
       const auto until = after(Clock::now(), o_.request_timeout_seconds);
       while (!outstanding.empty()) {
-        auto i = receive(outstanding, until);
-        if (!i) return std::move(i).error();
-        outstanding.erase(mods_[*i].device);
+        auto got = receive(outstanding, until);
+        if (!got) return std::move(got).error();
+        // every student's features are needed: a lost one ends the run
+        if (got->lost) return make_error(Errc::io_error, got->why);
+        outstanding.erase(mods_[got->i].device);
       }
       progress(first + n);
     }
@@ -1533,28 +1543,66 @@ class InferEngine : public FleetHost {
   }
 
   /// Batches shared out: each device one at a time, the next as it answers.
+  /// A replica that disconnects or fails is dropped (an event, and `lost` in
+  /// its cost); its batch goes to the next free replica. The run fails only
+  /// when no replica is left.
   Result<void> infer_replicas() {
     out_.setZero(classes_, test_.size());
     const Index n_all = test_.size();
     Index next = 0, done = 0;
+    std::deque<Index> retry;  // first images of batches a lost replica held
     std::map<std::int64_t, std::pair<std::size_t, std::uint64_t>> outstanding;
+    std::string last_loss;
+    // a batch to replica i: a lost replica's first, then the next new one
     auto feed = [&](std::size_t i) -> Result<void> {
-      if (next >= n_all) return success();
-      const Index n = std::min<Index>(o_.batch, n_all - next);
-      FLEETDL_TRY(request(i, next, n, static_cast<std::uint64_t>(next)));
-      outstanding[mods_[i].device] = {i, static_cast<std::uint64_t>(next)};
-      next += n;
+      Index first = 0;
+      if (!retry.empty()) {
+        first = retry.front();
+        retry.pop_front();
+      } else if (next < n_all) {
+        first = next;
+        next += std::min<Index>(o_.batch, n_all - next);
+      } else {
+        return success();
+      }
+      const Index n = std::min<Index>(o_.batch, n_all - first);
+      auto sent = request(i, first, n, static_cast<std::uint64_t>(first));
+      if (!sent) {  // lost while sending: the batch waits for another replica
+        retry.push_front(first);
+        mods_[i].cost.lost = true;
+        last_loss = sent.error().message;
+        event("dropped", last_loss, mods_[i].device);
+        return success();
+      }
+      outstanding[mods_[i].device] = {i, static_cast<std::uint64_t>(first)};
       return success();
     };
-    for (std::size_t i = 0; i < mods_.size(); ++i) FLEETDL_TRY(feed(i));
+    auto feed_idle = [&]() -> Result<void> {
+      for (std::size_t i = 0; i < mods_.size(); ++i)
+        if (!mods_[i].cost.lost && !outstanding.count(mods_[i].device)) FLEETDL_TRY(feed(i));
+      return success();
+    };
+    FLEETDL_TRY(feed_idle());
     while (!outstanding.empty()) {
-      auto i = receive(outstanding, after(Clock::now(), o_.request_timeout_seconds));
-      if (!i) return std::move(i).error();
-      const auto first = static_cast<Index>(outstanding[mods_[*i].device].second);
-      done += std::min<Index>(o_.batch, n_all - first);
-      outstanding.erase(mods_[*i].device);
-      FLEETDL_TRY(feed(*i));
-      progress(done);
+      auto got = receive(outstanding, after(Clock::now(), o_.request_timeout_seconds));
+      if (!got) return std::move(got).error();
+      const std::size_t i = got->i;
+      const auto first = static_cast<Index>(outstanding[mods_[i].device].second);
+      outstanding.erase(mods_[i].device);
+      if (got->lost) {
+        mods_[i].cost.lost = true;
+        last_loss = got->why;
+        retry.push_back(first);
+        event("dropped", got->why + "; its batch goes to another replica", mods_[i].device);
+        log(got->why + "; its batch goes to another replica");
+      } else {
+        done += std::min<Index>(o_.batch, n_all - first);
+        progress(done);
+      }
+      FLEETDL_TRY(feed_idle());
+      if (outstanding.empty() && done < n_all)
+        return make_error(Errc::io_error, "every replica was lost with " + std::to_string(n_all - done) +
+                                              " images left; the last: " + last_loss);
     }
     return success();
   }
@@ -1609,7 +1657,7 @@ class InferEngine : public FleetHost {
       c.peak_memory_bytes = m.cost.peak_memory_bytes;
       c.budget_bytes = m.cost.budget_bytes;
       c.examples = m.cost.images;
-      c.status = CostStatus::ok;
+      c.status = m.cost.lost ? CostStatus::dropped : CostStatus::ok;
       rec.bytes_up += c.bytes_up;
       rec.bytes_down += c.bytes_down;
       costs.push_back(c);

@@ -115,6 +115,7 @@ struct FleetInferDevice {
   std::int64_t peak_memory_bytes = 0;   ///< as the device's assign_result reported
   std::int64_t budget_bytes = 0;
   long images = 0;                ///< images it processed
+  bool lost = false;              ///< disconnected or failed mid-run (replicas: its batches went to the others)
 };
 
 struct FleetInferResult {

@@ -1714,6 +1714,38 @@ class NonnCli(CliTestCase):
             self.assertEqual(len({d["device"] for d in rep["devices"]}), 2)
             self.assertEqual(sum(d["images"] for d in rep["devices"]), 200)
 
+            # a replica lost mid-run: its batch goes to the others, the result is unchanged
+            flaky = self.path("flaky.db")
+            fdport = free_udp_port()
+            pf = self.path("flaky-profiles.json")
+            with open(pf, "w") as fh:  # the second agent drops its connection at its first inference request
+                json.dump([{"name": "steady"}, {"name": "flaky", "dropout": 0.999}], fh)
+            p = run(["fleet", "up", "--devices", "3", "--db", flaky, "--discovery-port", str(fdport), "--profiles", pf])
+            self.assertEqual(p.returncode, 0, describe(["fleet", "up"], p))
+            try:
+                fe, ff = free_ports(2)
+                lost = self.check_json(["fleet", "infer", "--modules", unified, "--replicas", "3", "--batch", "16",
+                                        "--db", flaky, "--discovery-port", str(fdport), "--enroll-port", str(fe),
+                                        "--fleet-port", str(ff), "--test-limit", "200", "--json"])
+            finally:
+                run(["fleet", "down", "--db", flaky])
+            self.assertIs(lost["matches_local"], True)
+            self.assertEqual(lost["test_accuracy"], m["test_accuracy"])
+            self.assertEqual(sorted((d["name"].split("-")[0], d["lost"]) for d in lost["devices"]),
+                             [("flaky", True), ("steady", False), ("steady", False)])
+            self.assertEqual(sum(d["images"] for d in lost["devices"]), 200)
+            self.assertEqual([d["images"] for d in lost["devices"] if d["lost"]], [0])
+            con = sqlite3.connect(flaky)
+            try:
+                statuses = sorted(s for (s,) in con.execute("SELECT status FROM device_round_costs WHERE run = ?",
+                                                            (lost["run"],)))
+                dropped = con.execute("SELECT COUNT(*) FROM events WHERE run = ? AND kind = 'dropped'",
+                                      (lost["run"],)).fetchone()[0]
+            finally:
+                con.close()
+            self.assertEqual(statuses, ["dropped", "ok", "ok"])
+            self.assertEqual(dropped, 1)
+
             # an int8 micro blob of it on two devices: the accuracy `compress` measured, the blob + arena as memory
             blob = self.path("unified.blob")
             c = self.check_json(["compress", "--model", unified, "--quantize", "int8", "--out", blob,
