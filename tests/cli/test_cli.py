@@ -2645,6 +2645,32 @@ class FleetCli(CliTestCase):
         self.assertIsNotNone(row, "run %d has no checkpoint of round %d" % (run_id, rounds))
         return bytes(row[0])
 
+    def kill_after_commits(self, args, run_id, n):
+        """Start `fleetdl ARGS` (a fleet run) and kill -9 it as soon as run
+        `run_id` has `n` committed rounds."""
+        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.time() + 120
+            committed = 0
+            while time.time() < end and committed < n:
+                con = sqlite3.connect(self.db, timeout=10)
+                try:
+                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = ? AND status = 'committed'",
+                                            (run_id,)).fetchone()[0]
+                except sqlite3.OperationalError:
+                    committed = 0  # the schema is not there yet
+                finally:
+                    con.close()
+                time.sleep(0.02)
+            self.assertGreaterEqual(committed, n, "run %d committed fewer than %d rounds" % (run_id, n))
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
     def test_kill_orchestrator_then_resume(self):
         """kill -9 of `fleet run` after round 1 is committed, then `fleet
         resume`: the database passes integrity_check and the final parameters
@@ -2686,26 +2712,7 @@ class FleetCli(CliTestCase):
         self.assertEqual(p.returncode, 0, describe(args, p))
         reference = self.final_parameters(1, 3)
 
-        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            end = time.time() + 120
-            committed = 0
-            while time.time() < end and committed == 0:
-                con = sqlite3.connect(self.db, timeout=10)
-                try:
-                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = 2 AND status = 'committed'"
-                                            ).fetchone()[0]
-                finally:
-                    con.close()
-                time.sleep(0.02)
-            self.assertGreater(committed, 0, "run 2 committed no round")
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        self.kill_after_commits(args, 2, 1)
         con = sqlite3.connect(self.db)
         try:
             self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
@@ -2845,28 +2852,7 @@ class FleetCli(CliTestCase):
                   "selection": {"policy": "oort", "clients_per_round": 2}})
         cfg = self.write_config(c)
         args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
-        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            end = time.time() + 120
-            committed = 0
-            while time.time() < end and committed < 2:
-                con = sqlite3.connect(self.db, timeout=10)
-                try:
-                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
-                                            ).fetchone()[0]
-                except sqlite3.OperationalError:
-                    committed = 0  # the schema is not there yet
-                finally:
-                    con.close()
-                time.sleep(0.02)
-            self.assertGreaterEqual(committed, 2, "run 1 committed fewer than 2 rounds")
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        self.kill_after_commits(args, 1, 2)
         time.sleep(1.0)  # the agents notice the lost connection
         args = ["fleet", "resume", "--db", self.db, "--json"]
         p = run(args)
@@ -2964,28 +2950,7 @@ class FleetCli(CliTestCase):
         checkpoint and the run ends at version 4 with 8 accepted updates."""
         self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
         args = ["fleet", "run", "--config", self.fedbuff_config(4), "--db", self.db, "--json"]
-        proc = subprocess.Popen([FLEETDL] + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            end = time.time() + 120
-            committed = 0
-            while time.time() < end and committed < 2:
-                con = sqlite3.connect(self.db, timeout=10)
-                try:
-                    committed = con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
-                                            ).fetchone()[0]
-                except sqlite3.OperationalError:
-                    committed = 0  # the schema is not there yet
-                finally:
-                    con.close()
-                time.sleep(0.02)
-            self.assertGreaterEqual(committed, 2, "run 1 committed fewer than 2 steps")
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        self.kill_after_commits(args, 1, 2)
         time.sleep(1.0)
         args = ["fleet", "resume", "--db", self.db, "--json"]
         p = run(args)
