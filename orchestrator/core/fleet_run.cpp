@@ -599,7 +599,9 @@ class Engine : public FleetHost {
       Rng rr = Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r));
       std::map<std::int64_t, DeviceCost> costs;  // by device
       std::map<std::int64_t, int> contributed;  // accepted updates by device
-      auto cost = [&](std::int64_t d) -> DeviceCost& {
+      std::map<std::int64_t, int> trained;      // updates received by device (accepted or stale: energy)
+      std::set<std::int64_t> refused;           // refused a task this round: not asked again in it
+      auto cost_of = [&](std::int64_t d) -> DeviceCost& {
         auto it = costs.find(d);
         if (it == costs.end()) {
           DeviceCost c;
@@ -609,18 +611,28 @@ class Engine : public FleetHost {
         }
         return it->second;
       };
+      // a status other than ok, unless the device already has an accepted update in this round
+      auto mark = [&](std::int64_t d, CostStatus st) -> DeviceCost& {
+        auto& c = cost_of(d);
+        if (!contributed.count(d)) c.status = st;
+        return c;
+      };
       double loss_sum = 0, loss_weight = 0;
       Index accepted = 0, stale = 0;
       bool stepped = false;
       while (!stepped) {
-        // hand tasks to free, connected devices (uniformly, from this round's stream)
+        if (Clock::now() - t0 >= deadline) break;
+        // hand tasks to free, connected devices (uniformly, from this round's stream); an
+        // overdue task keeps its device busy but not its slot
         const auto conn = server_->connected();
         std::vector<Index> free;
         for (Index sh = 0; sh < shards; ++sh) {
           const auto d = shard_device_[static_cast<std::size_t>(sh)];
-          if (!busy.count(d) && std::binary_search(conn.begin(), conn.end(), d)) free.push_back(sh);
+          if (!busy.count(d) && !refused.count(d) && std::binary_search(conn.begin(), conn.end(), d)) free.push_back(sh);
         }
-        const Index want = std::min<Index>(concurrency - static_cast<Index>(busy.size()), static_cast<Index>(free.size()));
+        Index working = 0;
+        for (const auto& [d, t] : busy) working += t.overdue ? 0 : 1;
+        const Index want = std::min<Index>(concurrency - working, static_cast<Index>(free.size()));
         if (want > 0) {
           Rng pick = rr.fork(1).fork(dispatched);
           for (const Index sh : fl::select_uniform(free, want, pick)) {
@@ -632,14 +644,17 @@ class Engine : public FleetHost {
             ++dispatched;
             const std::uint32_t id = ++task_id;
             auto sent = server_->send(d, *tr, wire::Binding{0, static_cast<std::uint64_t>(run_), id, 0});
-            auto& c = cost(d);
             if (!sent) {
-              c.status = CostStatus::dropped;
+              mark(d, CostStatus::dropped);
               continue;
             }
-            c.bytes_down += static_cast<std::int64_t>(*sent);
+            cost_of(d).bytes_down += static_cast<std::int64_t>(*sent);
             busy[d] = Task{sh, fedbuff_->version(), r, id, Clock::now()};
           }
+        }
+        if (busy.empty()) {  // no device to wait for (none connected, or all refused): the round cannot fill
+          event("abandoned", "round " + std::to_string(r) + ": no connected device can take a task");
+          break;
         }
         // the round's deadline, or the oldest task's
         auto until = t0 + std::chrono::duration_cast<Clock::duration>(deadline);
@@ -652,7 +667,7 @@ class Engine : public FleetHost {
             if (!t.overdue && now - t.sent >= deadline) {
               // still busy: its update counts when it comes, weighted by its staleness
               t.overdue = true;
-              if (!contributed.count(d)) cost(d).status = CostStatus::straggler;
+              mark(d, CostStatus::straggler);
               event("straggler", "device " + name(d) + " did not finish task " + std::to_string(t.id) + " (sent in round " +
                                      std::to_string(t.round) + ") within " + num(cfg_.fleet.round_deadline_seconds) + " s",
                     d);
@@ -662,7 +677,7 @@ class Engine : public FleetHost {
         }
         if (ev->kind == Inbound::Kind::closed) {
           if (busy.erase(ev->device)) {
-            cost(ev->device).status = CostStatus::dropped;
+            mark(ev->device, CostStatus::dropped);
             event("dropped", "device " + name(ev->device) + " dropped out during round " + std::to_string(r) + ": " + ev->reason,
                   ev->device);
           }
@@ -673,9 +688,10 @@ class Engine : public FleetHost {
         if (std::holds_alternative<wire::AssignResult>(ev->message) && it != busy.end() &&
             !std::get<wire::AssignResult>(ev->message).accepted) {
           const auto& ar = std::get<wire::AssignResult>(ev->message);
-          cost(ev->device).status = CostStatus::rejected;
+          mark(ev->device, CostStatus::rejected);
           event("refused", "device " + name(ev->device) + " refused its task: " + ar.reason_text, ev->device);
           busy.erase(it);
+          refused.insert(ev->device);
           continue;
         }
         if (!std::holds_alternative<wire::Update>(ev->message)) continue;
@@ -689,13 +705,14 @@ class Engine : public FleetHost {
         const Task task = it->second;
         busy.erase(it);
         const auto& u = std::get<wire::Update>(ev->message);
-        auto& c = cost(ev->device);
+        auto& c = cost_of(ev->device);
         c.bytes_up += static_cast<std::int64_t>(ev->frame_bytes);
+        ++trained[ev->device];
         c.compute_ms += u.compute_ms;
         c.peak_memory_bytes = std::max<std::int64_t>(c.peak_memory_bytes, static_cast<std::int64_t>(u.peak_memory_bytes));
         auto cu = to_update(u, task.shard, zero, 0);  // zero base: params hold the device's delta
         if (!cu) {
-          c.status = CostStatus::rejected;
+          mark(ev->device, CostStatus::rejected);
           event("rejected", "device " + name(ev->device) + ": round " + std::to_string(r) + ": " + cu.error().message,
                 ev->device);
           continue;
@@ -704,14 +721,14 @@ class Engine : public FleetHost {
         const long dropped_before = fedbuff_->dropped();
         auto step = fedbuff_->submit_delta(VectorMap<float>(model_.params().data(), model_.param_count()), *cu);
         if (!step) {
-          c.status = CostStatus::rejected;
+          mark(ev->device, CostStatus::rejected);
           event("rejected", "device " + name(ev->device) + ": round " + std::to_string(r) + ": " + step.error().message,
                 ev->device);
           continue;
         }
         if (fedbuff_->dropped() > dropped_before) {  // older than max_staleness
           ++stale;
-          if (!contributed.count(ev->device)) c.status = CostStatus::straggler;  // (stale)
+          mark(ev->device, CostStatus::straggler);  // (stale)
           event("stale", "device " + name(ev->device) + ": update of version " + std::to_string(task.version) +
                              " is " + std::to_string(fedbuff_->version() - task.version) + " versions old; dropped",
                 ev->device);
@@ -734,9 +751,9 @@ class Engine : public FleetHost {
       const sim::DeviceProfile p;
       const double macs = demand().macs;
       for (auto& [d, c] : costs) {
-        const auto ct = contributed.find(d);
-        const double trained = ct == contributed.end() ? 0.0 : static_cast<double>(ct->second);
-        c.energy_joules = trained * macs * p.energy_per_mac_joules +
+        const auto tt = trained.find(d);
+        const double updates = tt == trained.end() ? 0.0 : static_cast<double>(tt->second);
+        c.energy_joules = updates * macs * p.energy_per_mac_joules +
                           static_cast<double>(c.bytes_up + c.bytes_down) * p.energy_per_byte_joules;
         rec.bytes_up += c.bytes_up;
         rec.bytes_down += c.bytes_down;
@@ -754,9 +771,7 @@ class Engine : public FleetHost {
         ck.state = server_state();
         auto ok = store_->commit_round(rec, rows, ck);
         if (!ok) return std::move(ok).error();
-      } else {
-        for (auto& c : rows)
-          if (c.status == CostStatus::ok) c.status = CostStatus::abandoned;
+      } else {  // (accepted updates stay in the buffer for the next step: their rows stay ok)
         rec.status = RoundStatus::abandoned;
         auto ok = store_->abandon_round(rec, rows);
         if (!ok) return std::move(ok).error();
@@ -1727,6 +1742,10 @@ Result<FleetConfig> parse_fleet_config(std::string_view text, const std::string&
   };
   FLEETDL_TRY(get_num("wait_seconds", c.fleet.wait_seconds, c.fleet.wait_seconds));
   FLEETDL_TRY(get_num("round_deadline_seconds", c.fleet.round_deadline_seconds, c.fleet.round_deadline_seconds));
+  if (c.fleet.wait_seconds > 1e6 || c.fleet.round_deadline_seconds > 1e6)
+    return make_error(Errc::invalid_argument, path + ": " +
+                                                  (c.fleet.wait_seconds > 1e6 ? "fleet.wait_seconds" : "fleet.round_deadline_seconds") +
+                                                  ": must be at most 1e6 s (11.6 days)");
   auto port = [&](const char* k, std::uint16_t def, std::uint16_t& out) -> Result<void> {
     auto v = o.integer(k, def, false, 0, 65535);
     if (!v) return fail_cfg(path, v.error());

@@ -2928,9 +2928,18 @@ class FleetCli(CliTestCase):
         root = self.db + ".agents"
         agents = [n for n in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, n, "agent.log"))]
         self.assertEqual(len(agents), 4)
+        logs = {}
+        end = time.time() + 30  # every agent has logged the run's bye, so every frame before it too
+        while time.time() < end:
+            for agent in agents:
+                with open(os.path.join(root, agent, "agent.log")) as fh:
+                    logs[agent] = fh.read()
+            if all("bye (code" in t for t in logs.values()):
+                break
+            time.sleep(0.1)
         for agent in agents:
-            with open(os.path.join(root, agent, "agent.log")) as fh:
-                text = fh.read()
+            text = logs[agent]
+            self.assertIn("bye (code", text, agent)
             # every frame, however many tasks a device had in one round
             downs = [int(b) for b in re.findall(r"round \d+: train_round received, (\d+) bytes", text)]
             ups = [int(b) for b in re.findall(r"round \d+: update sent, (\d+) bytes", text)]
@@ -2991,6 +3000,7 @@ class FleetCli(CliTestCase):
             ("unknown top-level key", {"bogus": 1}, None, ["bogus", "unknown key"]),
             ("unknown fleet key", {}, {"wait": 3}, ["fleet.wait", "unknown key"]),
             ("impossible deadline", {}, {"round_deadline_seconds": -1}, ["fleet.round_deadline_seconds", "> 0"]),
+            ("endless deadline", {}, {"round_deadline_seconds": 1e10}, ["fleet.round_deadline_seconds", "at most 1e6"]),
             ("bad port", {}, {"fleet_port": 70000}, ["fleet.fleet_port"]),
             ("bad bind", {}, {"bind": "not-an-ip"}, ["fleet.bind", "not-an-ip"]),
             ("zero rounds", {"rounds": 0}, None, ["rounds"]),

@@ -471,7 +471,7 @@ inline Result<SimConfig> parse_config(const json::Value& doc) {
   if (c.dp.mode == "local" && s == "scaffold")
     return bad("dp.mode", "local DP is not supported with scaffold (the control-variate delta would reveal the unprivatized update)");
   if (s == "fedbuff" && (c.dp.mode == "fixed" || c.dp.mode == "adaptive"))
-    return bad("dp.mode", "central DP is not supported with fedbuff (it has no synchronous aggregate to wrap; use local DP)");
+    return bad("dp.mode", "central DP is not supported with fedbuff (it has no synchronous aggregate to wrap)");
   if (s == "fedbuff" && c.sim.selection != SelectionPolicy::uniform)
     return bad("selection.policy", "fedbuff hands each free device the next task; the deadline, overcommit and oort "
                                    "policies choose synchronous rounds");
