@@ -592,11 +592,8 @@ class Engine : public FleetHost {
     std::uint32_t task_id = 0;  // this process's tasks: 1, 2, ...
     for (std::int64_t r = from; r <= cfg_.fl.sim.rounds; ++r) {
       const auto t0 = Clock::now();
-      RoundRecord rec;
-      rec.run = run_;
-      rec.round = r;
-      rec.started_at = unix_ms_now();
-      Rng rr = Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r));
+      RoundRecord rec = start_record(r);
+      Rng rr = round_rng(r);
       std::map<std::int64_t, DeviceCost> costs;  // by device
       std::map<std::int64_t, int> contributed;  // accepted updates by device
       std::map<std::int64_t, int> trained;      // updates received by device (accepted or stale: energy)
@@ -830,13 +827,21 @@ class Engine : public FleetHost {
     return tr;
   }
 
-  Result<void> round(std::int64_t r) {
-    const auto t0 = Clock::now();
+  /// Round r's record, started now.
+  RoundRecord start_record(std::int64_t r) const {
     RoundRecord rec;
     rec.run = run_;
     rec.round = r;
     rec.started_at = unix_ms_now();
-    Rng rr = Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r));
+    return rec;
+  }
+  /// Round r's random stream (selection, the devices' training seeds).
+  Rng round_rng(std::int64_t r) const { return Rng(cfg_.fl.seed).fork(kRoundTag).fork(static_cast<std::uint64_t>(r)); }
+
+  Result<void> round(std::int64_t r) {
+    const auto t0 = Clock::now();
+    RoundRecord rec = start_record(r);
+    Rng rr = round_rng(r);
     Rng select_rng = rr.fork(1);
     const auto conn = server_->connected();
     std::vector<Index> online;

@@ -2671,6 +2671,22 @@ class FleetCli(CliTestCase):
                 proc.kill()
                 proc.communicate()
 
+    def resume_finishes(self, run_id, rounds):
+        """`fleet resume` after a kill: it exits 0, the database passes
+        integrity_check, and run `run_id` is finished with `rounds` committed."""
+        time.sleep(1.0)  # the agents notice the lost connection
+        args = ["fleet", "resume", "--db", self.db, "--json"]
+        p = run(args)
+        self.assertEqual(p.returncode, 0, describe(args, p))
+        con = sqlite3.connect(self.db)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0], "finished")
+            self.assertEqual(con.execute("SELECT COUNT(*) FROM rounds WHERE run = ? AND status = 'committed'",
+                                         (run_id,)).fetchone()[0], rounds)
+        finally:
+            con.close()
+
     def test_kill_orchestrator_then_resume(self):
         """kill -9 of `fleet run` after round 1 is committed, then `fleet
         resume`: the database passes integrity_check and the final parameters
@@ -2853,16 +2869,9 @@ class FleetCli(CliTestCase):
         cfg = self.write_config(c)
         args = ["fleet", "run", "--config", cfg, "--db", self.db, "--json"]
         self.kill_after_commits(args, 1, 2)
-        time.sleep(1.0)  # the agents notice the lost connection
-        args = ["fleet", "resume", "--db", self.db, "--json"]
-        p = run(args)
-        self.assertEqual(p.returncode, 0, describe(args, p))
+        self.resume_finishes(1, 4)
         con = sqlite3.connect(self.db)
         try:
-            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
-            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 1").fetchone()[0], "finished")
-            self.assertEqual(con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
-                                         ).fetchone()[0], 4)
             state = bytes(con.execute("SELECT state FROM checkpoints WHERE run = 1 AND round = 4").fetchone()[0])
         finally:
             con.close()
@@ -2960,18 +2969,7 @@ class FleetCli(CliTestCase):
         self.fleet_up(4, [{"name": "fast", "budget_bytes": 64 << 20}])
         args = ["fleet", "run", "--config", self.fedbuff_config(4), "--db", self.db, "--json"]
         self.kill_after_commits(args, 1, 2)
-        time.sleep(1.0)
-        args = ["fleet", "resume", "--db", self.db, "--json"]
-        p = run(args)
-        self.assertEqual(p.returncode, 0, describe(args, p))
-        con = sqlite3.connect(self.db)
-        try:
-            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
-            self.assertEqual(con.execute("SELECT status FROM runs WHERE id = 1").fetchone()[0], "finished")
-            self.assertEqual(con.execute("SELECT COUNT(*) FROM rounds WHERE run = 1 AND status = 'committed'"
-                                         ).fetchone()[0], 4)
-        finally:
-            con.close()
+        self.resume_finishes(1, 4)
         version, _, accepted, buffered = self.fedbuff_state(1, 4)
         self.assertEqual((version, accepted, buffered), (4, 8, 0))
 

@@ -162,17 +162,7 @@ class FedAvgM : public FedAvg<S> {
   /// The momentum buffer, dim raw values (nothing before the first round).
   void save_state(ByteWriter& w) const override { detail::write_state_vector(w, momentum_); }
   Result<void> load_state(ByteReader& r, Index dim) override {
-    if (r.at_end()) {
-      momentum_.resize(0);
-      return success();
-    }
-    Vector<S> m;
-    if (!detail::read_state_vector(r, dim, m) || !r.at_end())
-      return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
-                                           " bytes are not a momentum buffer of " + std::to_string(dim) +
-                                           " finite values");
-    momentum_ = std::move(m);
-    return success();
+    return detail::read_state_tail(r, dim, momentum_, name(), "a momentum buffer");
   }
 
  private:

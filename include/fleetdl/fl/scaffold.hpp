@@ -184,17 +184,7 @@ class Scaffold : public FedAvg<S> {
   /// The server variate c, dim raw values (nothing before the first round).
   void save_state(ByteWriter& w) const override { detail::write_state_vector(w, c_); }
   Result<void> load_state(ByteReader& r, Index dim) override {
-    if (r.at_end()) {
-      c_.resize(0);
-      return success();
-    }
-    Vector<S> c;
-    if (!detail::read_state_vector(r, dim, c) || !r.at_end())
-      return make_error(Errc::corrupt, name() + ": state: " + std::to_string(r.remaining()) +
-                                           " bytes are not a control variate of " + std::to_string(dim) +
-                                           " finite values");
-    c_ = std::move(c);
-    return success();
+    return detail::read_state_tail(r, dim, c_, name(), "a control variate");
   }
 
  private:

@@ -120,6 +120,24 @@ bool read_state_vector(ByteReader& r, Index dim, Vector<S>& v) {
   return true;
 }
 
+/// The whole rest of `r` as an optional state vector: nothing (out emptied)
+/// or exactly `dim` finite S values. On error `out` is untouched; the message
+/// names `who` and `what`.
+template <class S>
+Result<void> read_state_tail(ByteReader& r, Index dim, Vector<S>& out, const std::string& who, const char* what) {
+  if (r.at_end()) {
+    out.resize(0);
+    return success();
+  }
+  const std::size_t bytes = r.remaining();
+  Vector<S> v;
+  if (!read_state_vector(r, dim, v) || !r.at_end())
+    return make_error(Errc::corrupt, who + ": state: " + std::to_string(bytes) + " bytes are not " + what + " of " +
+                                         std::to_string(dim) + " finite values");
+  out = std::move(v);
+  return success();
+}
+
 /// Validate a round's updates: non-empty, same dimension as global, finite,
 /// positive example counts. Returns the total example count.
 template <class S>
