@@ -14,6 +14,7 @@
 #
 # usage: bench/nonn/nonn_bench.sh [--threads T] [--teacher-epochs E] [--epochs E]
 #                                 [--width W] [--only NAME...] [--no-build] [--quick]
+#                                 [--results DIR] [--teacher FILE]
 # Students: width 32 (23,296 parameters each, 12.4x below the teacher), SGD
 # with momentum 0.9, lr 0.05 on a cosine schedule, 10 epochs. The first runs
 # (width 16, constant lr 0.01) are kept in bench/results/nonn-w16-sgd-constant/.
@@ -27,9 +28,11 @@
 # Time on 2 cores: the teacher ~5 min per epoch; each student run about
 # N x 40 s per epoch plus one teacher pass (~3 min) for its targets.
 # FLEETDL_BIN=path runs another fleetdl binary (the default is build-release's).
+#   --results DIR   write into DIR instead of bench/results/nonn (another recipe)
+#   --teacher FILE  copy FILE in as DIR/teacher.fdl instead of training one
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-threads=2 teacher_epochs=15 epochs=10 width=32 build=1 only=() limits=() R=bench/results/nonn
+threads=2 teacher_epochs=15 epochs=10 width=32 build=1 only=() limits=() R=bench/results/nonn teacher=
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;
@@ -39,7 +42,9 @@ while [ $# -gt 0 ]; do
     --only) shift; while [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; do only+=("$1"); shift; done ;;
     --no-build) build=0; shift ;;
     --quick) limits=(--train-limit 1000 --test-limit 300); teacher_epochs=1; epochs=1; R=bench/results/nonn-quick; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --results) R="$2"; shift 2 ;;
+    --teacher) teacher="$2"; shift 2 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "nonn_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +54,10 @@ if [ "$build" = 1 ]; then
 fi
 F=${FLEETDL_BIN:-./build-release/orchestrator/cli/fleetdl}
 mkdir -p "$R"
+if [ -n "$teacher" ] && [ ! -f "$R/teacher.fdl" ]; then
+  [ -f "$teacher" ] || { echo "nonn_bench.sh: --teacher $teacher: no such file" >&2; exit 2; }
+  cp "$teacher" "$R/teacher.fdl.tmp" && mv "$R/teacher.fdl.tmp" "$R/teacher.fdl"
+fi
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 if [ ! -f "$R/teacher.fdl" ]; then

@@ -50,14 +50,16 @@ def main():
               f"{1000.0 * res['latency_seconds']:.2f} | {res['matches_unified']} |")
     print()
     for n in (2, 4, 8):
-        for mode in ("reference", "balanced"):
+        for mode in ("reference", "balanced", "beta0"):
             name = f"n{n}-{mode}"
             if name not in rows:
                 continue
-            checks = [f"within 1 pt of the teacher: {'yes' if rows[name] >= t_acc - 1.0 else 'NO'}"]
+            gap = rows[name] - (t_acc - 1.0)
+            checks = [f"within 1 pt of the teacher: {'yes' if gap >= 0 else 'NO'} ({gap:+.2f})"]
             for base in ("kd1", f"n{n}-random"):
                 if base in rows:
-                    checks.append(f">= {base}: {'yes' if rows[name] >= rows[base] else 'NO'}")
+                    d = rows[name] - rows[base]
+                    checks.append(f">= {base}: {'yes' if d >= 0 else 'NO'} ({d:+.2f})")
             print(f"- {name}: " + "; ".join(checks))
     return 0
 
