@@ -48,6 +48,7 @@ while [ $# -gt 0 ]; do
     *) echo "nonn_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$teacher" ] && [ ! -f "$teacher" ]; then echo "nonn_bench.sh: --teacher $teacher: no such file" >&2; exit 2; fi
 if [ "$build" = 1 ]; then
   [ -d build-release ] || meson setup build-release --buildtype=release -Dtests=false >/dev/null
   ninja -C build-release -j2 orchestrator/cli/fleetdl >/dev/null
@@ -55,7 +56,6 @@ fi
 F=${FLEETDL_BIN:-./build-release/orchestrator/cli/fleetdl}
 mkdir -p "$R"
 if [ -n "$teacher" ] && [ ! -f "$R/teacher.fdl" ]; then
-  [ -f "$teacher" ] || { echo "nonn_bench.sh: --teacher $teacher: no such file" >&2; exit 2; }
   cp "$teacher" "$R/teacher.fdl.tmp" && mv "$R/teacher.fdl.tmp" "$R/teacher.fdl"
 fi
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
