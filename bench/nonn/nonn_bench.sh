@@ -30,6 +30,7 @@
 # FLEETDL_BIN=path runs another fleetdl binary (the default is build-release's).
 #   --results DIR   write into DIR instead of bench/results/nonn (another recipe)
 #   --teacher FILE  copy FILE in as DIR/teacher.fdl instead of training one
+#                   (a teacher already in DIR is kept)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 threads=2 teacher_epochs=15 epochs=10 width=32 build=1 only=() limits=() R=bench/results/nonn teacher=
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
     --quick) limits=(--train-limit 1000 --test-limit 300); teacher_epochs=1; epochs=1; R=bench/results/nonn-quick; shift ;;
     --results) R="$2"; shift 2 ;;
     --teacher) teacher="$2"; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "nonn_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
